@@ -1,0 +1,46 @@
+"""mlsd_jax: machine-learning system designs as fast, end-to-end JAX systems."""
+from setuptools import find_packages, setup
+
+CORE = [
+    "jax>=0.10.2,<0.12",
+    "jaxlib>=0.10.2,<0.12",
+    "flax>=0.12.8,<0.13",
+    "optax>=0.2.8,<0.3",
+    "orbax-checkpoint>=0.12.8,<0.13",
+    "grain>=0.2.18,<0.3",
+    "chex>=0.1.92,<0.2",
+    "hydra-core>=1.3.8,<1.4",
+    "wandb>=0.31,<0.32",
+    "tensorflow-datasets>=4.9.10,<4.10",
+    "numpy>=1.26,<3",
+    "pyarrow>=15",
+    "tqdm>=4.66",
+]
+EXPORT = ["tensorflow-cpu>=2.21,<2.22"]
+TEST = [
+    "pytest>=8",
+    "nbmake>=1.5",
+    "ipykernel>=6",
+    "matplotlib>=3.8",
+]
+BENCH = ["lightgbm>=4.5,<5", "psutil>=5.9", "matplotlib>=3.8"]
+
+setup(
+    name="mlsd_jax",
+    version="0.1.0",
+    description="JAX framework for end-to-end machine-learning system designs",
+    long_description=open("README.md", encoding="utf-8").read(),
+    long_description_content_type="text/markdown",
+    license="Apache-2.0",
+    python_requires=">=3.10",
+    packages=find_packages(include=["mlsd_jax", "mlsd_jax.*", "experiments"]) + ["mlsd_jax._configs"],
+    package_dir={"mlsd_jax._configs": "configs"},
+    package_data={"mlsd_jax._configs": ["*.yaml", "*/*.yaml"]},
+    install_requires=CORE,
+    extras_require={
+        "export": EXPORT,
+        "test": TEST + EXPORT + BENCH,
+        "bench": BENCH,
+        "all": EXPORT + TEST + BENCH,
+    },
+)
