@@ -1,0 +1,139 @@
+"""Runs one experiment from a composed config: data -> train -> evaluate -> export -> results.
+
+Used by ``python -m experiments.run`` (Hydra) and by notebooks (Hydra's compose API).
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import platform
+import time
+from pathlib import Path
+from typing import Any
+
+import jax
+from omegaconf import DictConfig, OmegaConf
+
+from mlsd_jax import sharding as shd
+from mlsd_jax import tasks
+from mlsd_jax.training.loggers import make_logger
+from mlsd_jax.training.optim import OptimConfig
+from mlsd_jax.training.trainer import Trainer, TrainerConfig
+
+
+def config_dir() -> str:
+    """Absolute path of the packaged Hydra configs (repo checkout or installed package)."""
+    repo = Path(__file__).resolve().parents[1] / "configs"
+    if (repo / "config.yaml").exists():
+        return str(repo)
+    from importlib import resources
+
+    return str(resources.files("mlsd_jax._configs"))
+
+
+def typed(schema, node) -> Any:
+    """Validates a config node against a dataclass schema: unknown keys and bad types fail here."""
+    merged = OmegaConf.merge(OmegaConf.structured(schema), node)
+    return OmegaConf.to_object(merged)
+
+
+@dataclasses.dataclass
+class ExportConfig:
+    enabled: bool = True
+    dir: str = "export"   # relative to the run directory
+    check: bool = True    # reload in TensorFlow and compare with JAX
+
+
+@dataclasses.dataclass
+class DistributedConfig:
+    coordinator_address: str | None = None
+    num_processes: int | None = None
+    process_id: int | None = None
+    local_device_ids: list[int] | None = None
+
+
+def maybe_initialize_distributed(cfg) -> None:
+    """Multi-host: ``jax.distributed.initialize`` when a coordinator is configured."""
+    dist = typed(DistributedConfig, cfg.get("distributed") or {})
+    if dist.coordinator_address:
+        jax.distributed.initialize(dist.coordinator_address, dist.num_processes, dist.process_id,
+                                   local_device_ids=dist.local_device_ids)
+
+
+def run(cfg: DictConfig, workdir: str | Path | None = None) -> dict[str, Any]:
+    t_start = time.perf_counter()
+    maybe_initialize_distributed(cfg)
+    workdir = Path(workdir or cfg.get("workdir") or "outputs/run").absolute()
+    workdir.mkdir(parents=True, exist_ok=True)
+    trainer_cfg = typed(TrainerConfig, cfg.trainer)
+    optim_cfg = typed(OptimConfig, cfg.optim)
+    export_cfg = typed(ExportConfig, cfg.get("export") or {})
+    mesh_cfg = OmegaConf.to_container(cfg.mesh, resolve=True)
+    rules = mesh_cfg.pop("rules", None) or shd.DEFAULT_RULES
+    mesh = shd.make_mesh(mesh_cfg)
+
+    t = time.perf_counter()
+    task = tasks.build(cfg)
+    data_s = time.perf_counter() - t
+    config = OmegaConf.to_container(cfg, resolve=True)
+    logger = make_logger(config.get("logger"), workdir, config)
+    try:
+        trainer = Trainer(task, trainer_cfg, optim_cfg, mesh, rules)
+        fit = trainer.fit(workdir, logger)
+    finally:
+        logger.close()
+
+    export_path, export_s = None, 0.0
+    if export_cfg.enabled and jax.process_index() == 0:
+        from mlsd_jax.export import export_saved_model
+
+        t = time.perf_counter()
+        export_path = export_saved_model(
+            task, fit.state.params, fit.state.consts, workdir / export_cfg.dir,
+            check=export_cfg.check,
+            metadata={"metrics": fit.metrics, "best_step": fit.best_step, "data": task.info})
+        export_s = time.perf_counter() - t
+
+    results = {
+        "task": task.name,
+        "metrics": fit.metrics,
+        "best_step": fit.best_step,
+        f"best_{fit_target(trainer_cfg, task)}": fit.best_metric,
+        "steps_run": fit.steps_run,
+        "stopped_early": fit.stopped_early,
+        "timings": {"data_s": data_s, **fit.timings, "export_s": export_s,
+                    "total_s": time.perf_counter() - t_start},
+        "paths": {"workdir": str(workdir), "checkpoints": fit.checkpoint_dir,
+                  "best_checkpoint": fit.best_checkpoint, "metrics_log": str(workdir / "metrics.jsonl"),
+                  "export": str(export_path) if export_path else None},
+        "data": dict(task.info),
+        "environment": {"jax": jax.__version__, "backend": jax.default_backend(),
+                        "devices": jax.device_count(), "processes": jax.process_count(),
+                        "mesh": {k: int(v) for k, v in mesh.shape.items()},
+                        "python": platform.python_version()},
+        "config": config,
+    }
+    if jax.process_index() == 0:
+        (workdir / "results.json").write_text(json.dumps(results, indent=2, default=str))
+        print_results(results)
+    return results
+
+
+def fit_target(trainer_cfg: TrainerConfig, task) -> str:
+    from mlsd_jax.training.trainer import metric_key
+
+    return metric_key(trainer_cfg.eval_split, task.target_metric)
+
+
+def print_results(results: dict[str, Any]) -> None:
+    metrics = results["metrics"]
+    width = max(len(k) for k in metrics) if metrics else 10
+    lines = [f"{'metric':<{width}}  value", f"{'-' * width}  ------"]
+    lines += [f"{k:<{width}}  {v:.4f}" for k, v in sorted(metrics.items())]
+    t = results["timings"]
+    lines.append(f"\nsteps {results['steps_run']} (best at {results['best_step']}), "
+                 f"train {t.get('train_s', 0):.1f}s, total {t['total_s']:.1f}s")
+    for k, v in results["paths"].items():
+        if v:
+            lines.append(f"{k:<16} {v}")
+    print("\n".join(lines), flush=True)

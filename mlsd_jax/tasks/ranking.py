@@ -1,0 +1,111 @@
+"""Search ranking: LETOR features -> listwise neural ranker -> NDCG/MRR/MAP.
+
+Data: MSLR-WEB10K Fold1 samples (embedded default), KDD Cup 2004 protein homology, or any LETOR
+fold/file from ``data.path``. Features get ``signed log1p`` + standardisation fitted on the
+training queries; the transform runs inside the model's forward function, so training,
+evaluation, serving and the SavedModel share it.
+"""
+from __future__ import annotations
+
+import functools
+import re
+from typing import Any, Mapping
+
+import hydra
+import jax.numpy as jnp
+import numpy as np
+
+from mlsd_jax import metrics as M
+from mlsd_jax.data import lists
+from mlsd_jax.data.ranking import load_ranking_splits
+from mlsd_jax.features import fit_log1p_standardize, log1p_standardize
+from mlsd_jax.tasks.base import Task
+
+_METRICS = {"ndcg": M.ndcg_metric, "dcg": M.dcg_metric, "mrr": M.mrr_metric, "map": M.map_metric,
+            "precision": M.precision_metric, "recall": M.recall_metric}
+
+
+def ranking_metric(name: str):
+    """``'ndcg@10'`` -> per-list metric fn ``(scores, labels, where) -> [B]``."""
+    m = re.fullmatch(r"([a-z]+)(?:@(\d+))?", name)
+    if not m or m.group(1) not in _METRICS:
+        raise ValueError(f"unknown ranking metric {name!r}; valid: "
+                         f"{', '.join(sorted(_METRICS))}, each optionally with @k (e.g. ndcg@10)")
+    topn = int(m.group(2)) if m.group(2) else None
+    return functools.partial(_METRICS[m.group(1)], topn=topn)
+
+
+def forward(model, params, consts, inputs, *, train: bool, rng=None):
+    x = log1p_standardize(consts["features"], inputs["features"])
+    return model.apply({"params": params}, x, inputs["mask"], train=train,
+                       rngs={"dropout": rng} if train else None)
+
+
+def _train_chunks(store, rows: int = 65536):
+    """Training features in chunks of about ``rows`` docs (for streaming transform fits)."""
+    buf, n = [], 0
+    for i in range(len(store)):
+        f, _ = store.query(i)
+        buf.append(np.asarray(f, np.float32))
+        n += len(f)
+        if n >= rows:
+            yield np.concatenate(buf)
+            buf, n = [], 0
+    if buf:
+        yield np.concatenate(buf)
+
+
+def build_ranking_task(cfg: Mapping[str, Any]) -> Task:
+    data_cfg, trainer_cfg = cfg["data"], cfg["trainer"]
+    name = "letor" if data_cfg.get("path") else data_cfg["name"]
+    splits = load_ranking_splits(name, path=data_cfg.get("path"),
+                                 num_features=data_cfg.get("num_features"),
+                                 valid_fraction=data_cfg.get("valid_fraction", 0.2),
+                                 test_fraction=data_cfg.get("test_fraction", 0.2),
+                                 seed=data_cfg.get("seed", 0))
+    train = splits["train"]
+    num_features = train.num_features
+    consts = {"features": fit_log1p_standardize(_train_chunks(train), num_features)}
+
+    model = hydra.utils.instantiate(cfg["model"])
+    loss = hydra.utils.instantiate(cfg["loss"])
+    metric_names = list(cfg["task"].get("metrics", ["ndcg@10"]))
+    per_list = {n: ranking_metric(n) for n in metric_names}
+    target = cfg["task"].get("target_metric", "ndcg@10")
+    if target not in per_list:
+        raise ValueError(f"task.target_metric={target!r} is not among task.metrics={metric_names}")
+
+    def loss_fn(scores, batch):
+        return loss(scores, batch["label"], where=batch["mask"])
+
+    metric_fns = {n: (lambda scores, batch, fn=fn: fn(scores, batch["label"], where=batch["mask"],
+                                                      reduce_fn=None))
+                  for n, fn in per_list.items()}
+
+    list_size = int(data_cfg.get("list_size", 128))
+    batch_size, eval_batch = int(trainer_cfg["batch_size"]), int(trainer_cfg["eval_batch_size"])
+    eval_sizes = {s: lists.eval_list_size(store) for s, store in splits.items()}
+
+    def train_batches(seed: int, start_step: int):
+        return lists.train_batches(train, list_size=list_size, batch_size=batch_size, seed=seed,
+                                   start_step=start_step,
+                                   num_threads=int(data_cfg.get("num_threads", 2)))
+
+    eval_splits = {s: functools.partial(lists.eval_batches, store, batch_size=eval_batch,
+                                        list_size=eval_sizes[s])
+                   for s, store in splits.items() if s != "train" and len(store)}
+    example = lists.pad_list(*train.query(0), list_size, np.random.default_rng(0))
+    example_batch = {k: v[None] for k, v in example.items()}
+    info = {"dataset": name, "num_features": num_features,
+            "list_size_train": list_size, "list_size_eval": eval_sizes,
+            **{f"{s}_queries": len(st) for s, st in splits.items()},
+            **{f"{s}_docs": int(np.sum(st.list_sizes)) for s, st in splits.items()}}
+    return Task(
+        name="ranking", model=model, consts=consts, forward=forward, loss_fn=loss_fn,
+        metric_fns=metric_fns,
+        example_weight=lambda batch: jnp.any(batch["mask"], -1).astype(jnp.float32),
+        train_batches=train_batches, eval_splits=eval_splits, example_batch=example_batch,
+        input_keys=("features", "mask"),
+        export_signature={"features": ((None, None, num_features), np.float32),
+                          "mask": ((None, None), np.bool_)},
+        target_metric=target, target_mode="max", info=info)
