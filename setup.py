@@ -22,6 +22,7 @@ TEST = [
     "nbmake>=1.5",
     "ipykernel>=6",
     "matplotlib>=3.8",
+    "portpicker>=1.6",
 ]
 BENCH = ["lightgbm>=4.5,<5", "psutil>=5.9", "matplotlib>=3.8"]
 

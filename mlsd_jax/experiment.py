@@ -7,6 +7,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import platform
+import resource
 import time
 from pathlib import Path
 from typing import Any
@@ -33,6 +34,8 @@ def config_dir() -> str:
 
 def typed(schema, node) -> Any:
     """Validates a config node against a dataclass schema: unknown keys and bad types fail here."""
+    if OmegaConf.is_config(node):
+        node = OmegaConf.to_container(node, resolve=True)
     merged = OmegaConf.merge(OmegaConf.structured(schema), node)
     return OmegaConf.to_object(merged)
 
@@ -110,7 +113,8 @@ def run(cfg: DictConfig, workdir: str | Path | None = None) -> dict[str, Any]:
         "environment": {"jax": jax.__version__, "backend": jax.default_backend(),
                         "devices": jax.device_count(), "processes": jax.process_count(),
                         "mesh": {k: int(v) for k, v in mesh.shape.items()},
-                        "python": platform.python_version()},
+                        "python": platform.python_version(),
+                        "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024},
         "config": config,
     }
     if jax.process_index() == 0:

@@ -1,0 +1,54 @@
+"""The command users run: python -m experiments.run +task=ranking (tiny settings)."""
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import TINY
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def run_cli(*overrides, timeout=600):
+    return subprocess.run([sys.executable, "-m", "experiments.run", *overrides], cwd=ROOT,
+                          capture_output=True, text=True, timeout=timeout)
+
+
+def test_cli_trains_evaluates_exports_and_resumes(tmp_path):
+    pytest.importorskip("tensorflow")
+    args = ["+task=ranking", f"hydra.run.dir={tmp_path}", *[o for o in TINY if not o.startswith("export")],
+            "export.enabled=true", "logger=wandb"]
+    proc = run_cli(*args)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    results = json.loads((tmp_path / "results.json").read_text())
+    for key in ("eval/ndcg@1", "eval/ndcg@3", "eval/ndcg@5", "eval/ndcg@10", "eval/mrr", "eval/map"):
+        assert 0.0 <= results["metrics"][key] <= 1.0
+    assert Path(results["paths"]["export"], "saved_model.pb").exists()
+    assert Path(results["paths"]["best_checkpoint"]).exists()
+    assert results["config"]["task"]["name"] == "ranking"
+    assert {"data_s", "train_s", "export_s", "total_s"} <= set(results["timings"])
+    assert "eval/ndcg@10" in proc.stdout  # the results table
+    assert list(tmp_path.glob("wandb/offline-run-*"))
+
+    # Same command, same directory, more steps: continues from the last checkpoint.
+    more = [a if not a.startswith("trainer.max_steps") else "trainer.max_steps=6" for a in args]
+    proc = run_cli(*more)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    assert "resumed from" in proc.stderr + proc.stdout
+    again = json.loads((tmp_path / "results.json").read_text())
+    assert again["steps_run"] == 2
+
+
+def test_cli_unknown_loss_names_choices():
+    proc = run_cli("+task=ranking", "loss=lambdamart", timeout=120)
+    assert proc.returncode != 0
+    assert "Available options in 'loss'" in proc.stderr and "lambdarank" in proc.stderr
+
+
+def test_cli_missing_data_path_is_clear(tmp_path):
+    proc = run_cli("+task=ranking", f"data.path={tmp_path / 'nope'}", f"hydra.run.dir={tmp_path / 'run'}",
+                   timeout=300)
+    assert proc.returncode != 0
+    assert str(tmp_path / "nope") in proc.stderr
