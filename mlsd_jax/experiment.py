@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import jax
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig, OmegaConf, open_dict
 
 from mlsd_jax import sharding as shd
 from mlsd_jax import tasks
@@ -64,9 +64,16 @@ def maybe_initialize_distributed(cfg) -> None:
 
 
 def run(cfg: DictConfig, workdir: str | Path | None = None) -> dict[str, Any]:
+    """Trains, evaluates and exports; writes ``results.json`` into ``workdir``.
+
+    ``workdir`` defaults to ``cfg.workdir`` (Hydra's run directory under ``experiments.run``).
+    """
     t_start = time.perf_counter()
     maybe_initialize_distributed(cfg)
     workdir = Path(workdir or cfg.get("workdir") or "outputs/run").absolute()
+    cfg = cfg.copy()
+    with open_dict(cfg):  # composed outside a Hydra run, ${hydra:...} has nothing to resolve
+        cfg.workdir = str(workdir)
     workdir.mkdir(parents=True, exist_ok=True)
     trainer_cfg = typed(TrainerConfig, cfg.trainer)
     optim_cfg = typed(OptimConfig, cfg.optim)
