@@ -23,7 +23,7 @@ def main(port: str, process_id: str, out_dir: str) -> None:
     from mlsd_jax.experiment import typed
     from mlsd_jax.training.optim import OptimConfig
     from mlsd_jax.training.trainer import Trainer, TrainerConfig
-    from tests.conftest import compose_config
+    from tests.utils import compose_config
 
     assert jax.process_count() == 2 and jax.device_count() == 4
     cfg = compose_config(["+task=ranking", "trainer.batch_size=4", "trainer.eval_batch_size=4",

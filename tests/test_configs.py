@@ -8,7 +8,7 @@ from hydra.errors import ConfigCompositionException, MissingConfigException
 from mlsd_jax.experiment import ExportConfig, typed
 from mlsd_jax.training.optim import OptimConfig
 from mlsd_jax.training.trainer import TrainerConfig
-from tests.conftest import compose_config
+from tests.utils import compose_config
 
 CONFIG_DIR = Path(__file__).resolve().parents[1] / "configs"
 GROUPS = {p.name: sorted(q.stem for q in p.glob("*.yaml")) for p in CONFIG_DIR.iterdir() if p.is_dir()}

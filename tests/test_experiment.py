@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import TINY
+from tests.utils import TINY
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -11,7 +11,7 @@ from mlsd_jax.experiment import typed
 from mlsd_jax.export import export_saved_model, load_saved_model
 from mlsd_jax.training.optim import OptimConfig
 from mlsd_jax.training.trainer import Trainer, TrainerConfig
-from tests.conftest import compose_config
+from tests.utils import compose_config
 
 tf = pytest.importorskip("tensorflow", reason="the [export] extra (tensorflow-cpu) is not installed")
 

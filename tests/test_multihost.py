@@ -13,7 +13,7 @@ from mlsd_jax import tasks
 from mlsd_jax.experiment import typed
 from mlsd_jax.training.optim import OptimConfig
 from mlsd_jax.training.trainer import Trainer, TrainerConfig
-from tests.conftest import compose_config
+from tests.utils import compose_config
 
 ROOT = Path(__file__).resolve().parents[1]
 

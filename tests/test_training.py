@@ -11,7 +11,7 @@ from mlsd_jax.experiment import typed
 from mlsd_jax.training.checkpoint import Checkpoints
 from mlsd_jax.training.optim import OptimConfig
 from mlsd_jax.training.trainer import Trainer, TrainerConfig
-from tests.conftest import compose_config
+from tests.utils import compose_config
 
 CONFIG_DIR = Path(__file__).resolve().parents[1] / "configs"
 
