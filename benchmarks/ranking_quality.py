@@ -79,18 +79,21 @@ def run_lightgbm(dataset: str, seed: int, queue) -> None:
     splits = load_ranking_splits(dataset, seed=0)
     x, y, g = _stack(splits["train"])
     xv, yv, gv = _stack(splits["valid"])
-    model = lgb.LGBMRanker(objective="lambdarank", n_estimators=2000, learning_rate=0.05,
-                           num_leaves=31, min_child_samples=20, subsample=0.8, subsample_freq=1,
-                           colsample_bytree=0.8, random_state=seed, verbose=-1,
-                           n_jobs=os.cpu_count())
-    model.fit(x, y.astype(int), group=g, eval_set=[(xv, yv.astype(int))], eval_group=[gv],
-              eval_at=[10], callbacks=[lgb.early_stopping(100, verbose=False)])
+    # Early stopping on the same validation queries our trainer uses.
+    params = dict(objective="lambdarank", learning_rate=0.05, num_leaves=31, min_data_in_leaf=20,
+                  bagging_fraction=0.8, bagging_freq=1, feature_fraction=0.8, seed=seed,
+                  metric="ndcg", eval_at=[10], num_threads=os.cpu_count(), verbose=-1)
+    train = lgb.Dataset(x, y.astype(int), group=g)
+    valid = lgb.Dataset(xv, yv.astype(int), group=gv, reference=train)
+    model = lgb.train(params, train, num_boost_round=2000, valid_sets=[valid],
+                      callbacks=[lgb.early_stopping(100, verbose=False)])
     test = splits["test"]
-    scores = [model.predict(np.asarray(test.query(i)[0], np.float32)) for i in range(len(test))]
+    scores = [model.predict(np.asarray(test.query(i)[0], np.float32),
+                            num_iteration=model.best_iteration) for i in range(len(test))]
     metrics = evaluate_scores(test, scores)
     queue.put({"model": "LightGBM lambdarank", "metrics": metrics,
-               "wall_s": time.perf_counter() - t0, "best_iteration": int(model.best_iteration_ or 0),
-               "peak_rss_mb": peak_rss_mb()})
+               "wall_s": time.perf_counter() - t0, "best_iteration": int(model.best_iteration),
+               "peak_rss_mb": peak_rss_mb(), "lightgbm": lgb.__version__})
 
 
 def run_ours(dataset: str, label: str, overrides: list[str], seed: int, workdir: Path) -> dict:
@@ -111,9 +114,9 @@ def run_ours(dataset: str, label: str, overrides: list[str], seed: int, workdir:
 def letor_streaming(gb: float) -> dict:
     """Writes a ``gb``-GB LETOR file and converts it in a child process (peak RSS is its own)."""
     from mlsd_jax.data.fetch import fetch_packaged
-    from mlsd_jax.data.ranking import MSLR_TRAIN
+    from mlsd_jax.data.ranking import MSLR_SAMPLE_TRAIN
 
-    lines = Path(fetch_packaged(MSLR_TRAIN)).read_text().splitlines()
+    lines = Path(fetch_packaged(MSLR_SAMPLE_TRAIN)).read_text().splitlines()
     tmp = Path(tempfile.mkdtemp(prefix="letor_bench_"))
     path = tmp / "big.txt"
     target = int(gb * 1024 ** 3)
