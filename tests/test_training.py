@@ -22,14 +22,15 @@ def ranking():
     return cfg, tasks.build(cfg)
 
 
-def make_trainer(cfg, task, num_devices=None, optim=None, **trainer_overrides):
+def make_trainer(cfg, task, num_devices=None, optim=None, mesh_shape=(-1, 1), **trainer_overrides):
     tcfg = typed(TrainerConfig, cfg.trainer)
     for k, v in trainer_overrides.items():
         setattr(tcfg, k, v)
     ocfg = typed(OptimConfig, cfg.optim)
     for k, v in (optim or {}).items():
         setattr(ocfg, k, v)
-    mesh = shd.make_mesh({"axes": ["data", "model"], "shape": [-1, 1], "num_devices": num_devices})
+    mesh = shd.make_mesh({"axes": ["data", "model"], "shape": list(mesh_shape),
+                          "num_devices": num_devices})
     return Trainer(task, tcfg, ocfg, mesh)
 
 
@@ -53,6 +54,18 @@ def test_eight_devices_match_one(ranking):
     # Three steps really moved the parameters (the comparison is not between two inits).
     p0 = jax.device_get(make_trainer(cfg, task).init_state().params)
     assert any(not np.allclose(a, b) for a, b in zip(jax.tree.leaves(p0), flat8))
+
+
+def test_tensor_parallel_mesh_matches_data_parallel(ranking):
+    cfg, task = ranking
+    trainer = make_trainer(cfg, task, mesh_shape=(4, 2))
+    # The wide layers really are split over the "model" axis.
+    kernel = trainer.init_state().params["MLP_0"]["Dense_0"]["kernel"]
+    assert kernel.sharding.spec == jax.sharding.PartitionSpec(None, "model")
+    p42 = run_steps(trainer, 2)
+    p81 = run_steps(make_trainer(cfg, task), 2)
+    for a, b in zip(jax.tree.leaves(p42), jax.tree.leaves(p81)):
+        np.testing.assert_allclose(a, b, rtol=2e-4, atol=2e-5)
 
 
 def test_train_state_is_sharded_over_the_mesh(ranking):

@@ -22,31 +22,19 @@ def _bias(names):
     return nn.with_logical_partitioning(nn.initializers.zeros_init(), names)
 
 
-class Dense(nn.Module):
-    """``nn.Dense`` with logical names ``(in_name, out_name)`` on its kernel."""
-
-    features: int
-    in_name: str = "embed"
-    out_name: str = "mlp"
-    use_bias: bool = True
-    dtype: jnp.dtype | None = None
-
-    @nn.compact
-    def __call__(self, x):
-        return nn.Dense(self.features, use_bias=self.use_bias, dtype=self.dtype,
-                        kernel_init=_kernel((self.in_name, self.out_name)),
-                        bias_init=_bias((self.out_name,)))(x)
+def dense(features: int, in_name: str = "embed", out_name: str = "mlp", *, use_bias: bool = True,
+          dtype=None, name: str | None = None) -> nn.Dense:
+    """``nn.Dense`` whose kernel carries logical names ``(in_name, out_name)``."""
+    return nn.Dense(features, use_bias=use_bias, dtype=dtype, name=name,
+                    kernel_init=_kernel((in_name, out_name)), bias_init=_bias((out_name,)))
 
 
-class LayerNorm(nn.Module):
-    dtype: jnp.dtype | None = None
-
-    @nn.compact
-    def __call__(self, x):
-        return nn.LayerNorm(dtype=self.dtype,
-                            scale_init=nn.with_logical_partitioning(nn.initializers.ones_init(),
-                                                                    ("embed",)),
-                            bias_init=_bias(("embed",)))(x)
+def layer_norm(dtype=None, name: str | None = None) -> nn.LayerNorm:
+    """``nn.LayerNorm`` over an ``embed`` axis (scale and bias named for sharding)."""
+    return nn.LayerNorm(dtype=dtype, name=name,
+                        scale_init=nn.with_logical_partitioning(nn.initializers.ones_init(),
+                                                                ("embed",)),
+                        bias_init=_bias(("embed",)))
 
 
 class MLP(nn.Module):
@@ -62,14 +50,14 @@ class MLP(nn.Module):
     @nn.compact
     def __call__(self, x, *, train: bool = False):
         for width in self.hidden:
-            x = Dense(width, in_name="embed", out_name="mlp", dtype=self.dtype)(x)
+            x = dense(width, "embed", "mlp", dtype=self.dtype)(x)
             if self.layer_norm:
                 x = nn.LayerNorm(dtype=self.dtype)(x)
             x = self.activation(x)
             if self.dropout:
                 x = nn.Dropout(self.dropout, deterministic=not train)(x)
         if self.out_features is not None:
-            x = Dense(self.out_features, in_name="mlp", out_name="embed", dtype=self.dtype)(x)
+            x = dense(self.out_features, "mlp", "embed", dtype=self.dtype)(x)
         return x
 
 
@@ -117,10 +105,10 @@ class TransformerBlock(nn.Module):
     def __call__(self, x, mask=None, *, train: bool = False):
         d_model = x.shape[-1]
         h = MultiHeadSelfAttention(self.num_heads, dropout=self.attention_dropout,
-                                   dtype=self.dtype)(LayerNorm(self.dtype)(x), mask, train=train)
+                                   dtype=self.dtype)(layer_norm(self.dtype)(x), mask, train=train)
         x = x + nn.Dropout(self.dropout, deterministic=not train)(h)
         h = MLP((self.mlp_dim,), out_features=d_model, activation=nn.gelu,
-                dropout=self.dropout, dtype=self.dtype)(LayerNorm(self.dtype)(x), train=train)
+                dropout=self.dropout, dtype=self.dtype)(layer_norm(self.dtype)(x), train=train)
         return x + nn.Dropout(self.dropout, deterministic=not train)(h)
 
 
@@ -138,4 +126,4 @@ class TransformerEncoder(nn.Module):
             x = TransformerBlock(self.num_heads, self.mlp_dim, self.dropout,
                                  self.attention_dropout, self.dtype, name=f"block_{i}")(
                                      x, mask, train=train)
-        return LayerNorm(self.dtype)(x)
+        return layer_norm(self.dtype)(x)

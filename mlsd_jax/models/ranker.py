@@ -15,7 +15,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from mlsd_jax.models.layers import MLP, Dense, TransformerEncoder
+from mlsd_jax.models.layers import MLP, TransformerEncoder, dense
 
 
 class MLPRanker(nn.Module):
@@ -28,7 +28,7 @@ class MLPRanker(nn.Module):
     def __call__(self, features, mask=None, *, train: bool = False):
         x = _noisy(self, features, self.input_noise, train)
         x = MLP(self.hidden, dropout=self.dropout, layer_norm=self.layer_norm)(x, train=train)
-        scores = Dense(1, in_name="mlp", out_name="embed")(x)[..., 0]
+        scores = dense(1, "mlp", "embed")(x)[..., 0]
         return _mask_scores(scores, mask)
 
 
@@ -54,7 +54,7 @@ class ListwiseAttentionRanker(nn.Module):
                                self.attention_dropout)(h, mask, train=train)
         z = h * (1.0 + a)
         z = MLP(self.head_hidden, dropout=self.dropout)(z, train=train)
-        scores = Dense(1, in_name="mlp", out_name="embed")(z)[..., 0]
+        scores = dense(1, "mlp", "embed")(z)[..., 0]
         return _mask_scores(scores, mask)
 
 
