@@ -76,7 +76,13 @@ def run_lightgbm(dataset: str, seed: int, queue) -> None:
 
     from mlsd_jax.data.ranking import load_ranking_splits
 
-    splits = load_ranking_splits(dataset, seed=0)
+    from omegaconf import OmegaConf
+
+    # The same split as `experiments.run data=<dataset>`: read the data config it would use.
+    data = OmegaConf.load(ROOT / "configs" / "data" / f"{dataset}.yaml")
+    splits = load_ranking_splits(dataset, num_features=data.num_features,
+                                 valid_fraction=data.valid_fraction,
+                                 test_fraction=data.test_fraction, seed=data.seed)
     t0 = time.perf_counter()
     x, y, g = _stack(splits["train"])
     xv, yv, gv = _stack(splits["valid"])
@@ -95,7 +101,8 @@ def run_lightgbm(dataset: str, seed: int, queue) -> None:
     rss = peak_rss_mb()  # before the evaluator imports JAX
     metrics = evaluate_scores(test, scores)
     queue.put({"model": "LightGBM lambdarank", "metrics": metrics, "wall_s": wall, "best_iteration": int(model.best_iteration),
-               "peak_rss_mb": rss, "lightgbm": lgb.__version__})
+               "peak_rss_mb": rss, "lightgbm": lgb.__version__,
+               "test_queries": len(test), "test_docs": int(np.sum(test.list_sizes))})
 
 
 def run_ours(dataset: str, label: str, overrides: list[str], seed: int, workdir: Path) -> dict:
@@ -113,7 +120,8 @@ def run_ours(dataset: str, label: str, overrides: list[str], seed: int, workdir:
                           ("setup_s", "train_s", "valid_eval_s", "final_eval_s")),
             "process_s": time.perf_counter() - t0, "train_s": res["timings"]["train_s"],
             "steps": res["steps_run"], "best_step": res["best_step"],
-            "peak_rss_mb": res["environment"].get("peak_rss_mb"), "overrides": overrides}
+            "peak_rss_mb": res["environment"].get("peak_rss_mb"), "overrides": overrides,
+            "test_queries": res["data"]["test_queries"], "test_docs": res["data"]["test_docs"]}
 
 
 def letor_streaming(gb: float) -> dict:
@@ -178,6 +186,10 @@ def main() -> None:
                                  **run_ours(dataset, label, overrides, seed, Path(d))})
                 print(json.dumps(rows[-1]), flush=True)
 
+    for ds in args.datasets:  # every model must be scored on the same test queries
+        sizes = {(r["test_queries"], r["test_docs"]) for r in rows if r["dataset"] == ds}
+        if len(sizes) != 1:
+            raise RuntimeError(f"{ds}: models were scored on different test splits: {sizes}")
     report = {"rows": rows, "machine": {"cpus": os.cpu_count(), "python": platform.python_version(),
                                         "platform": platform.platform()}}
     if args.letor_gb:

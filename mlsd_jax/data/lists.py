@@ -9,7 +9,6 @@ from __future__ import annotations
 
 from typing import Iterator
 
-import grain
 import jax
 import numpy as np
 
@@ -56,6 +55,8 @@ def train_batches(store, *, list_size: int, batch_size: int, seed: int, start_st
     ``batch_size`` is global; each of ``jax.process_count()`` processes reads a disjoint slice
     of the queries and yields ``batch_size / process_count`` lists per step.
     """
+    import grain  # only the training stream needs it; padding helpers stay dependency-free
+
     n_proc, proc = jax.process_count(), jax.process_index()
     if batch_size % n_proc:
         raise ValueError(f"trainer.batch_size={batch_size} must divide over {n_proc} processes")
