@@ -518,7 +518,11 @@ def run_torch(args) -> dict:
             cmd += ["--store", str(args.store)]
         if args.quick:
             cmd.append("--quick")
-        env = dict(os.environ, JAX_PLATFORMS="cpu")  # the child uses JAX only for the loss check
+        # The child uses JAX only for the loss check; fresh compiler caches make the
+        # torch.compile first-call time a cold compile, as JAX's is.
+        env = dict(os.environ, JAX_PLATFORMS="cpu",
+                   TORCHINDUCTOR_CACHE_DIR=str(Path(tmp) / "inductor"),
+                   TRITON_CACHE_DIR=str(Path(tmp) / "triton"))
         t = time.perf_counter()
         proc = subprocess.run(cmd, env=env, cwd=ROOT, text=True, capture_output=True)
         sys.stdout.write(proc.stdout)
@@ -531,6 +535,21 @@ def run_torch(args) -> dict:
 
 
 # ------------------------------------------------------------------------------------- report
+
+
+def busy_cores(seconds: float = 1.0) -> float | None:
+    """Cores kept busy by the whole host over a short window (from /proc/stat; Linux only)."""
+    def sample():
+        v = [int(x) for x in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+        return sum(v), v[3] + v[4]  # total, idle + iowait
+
+    try:
+        t0, i0 = sample()
+        time.sleep(seconds)
+        t1, i1 = sample()
+    except (OSError, ValueError, IndexError):
+        return None
+    return (1.0 - (i1 - i0) / max(t1 - t0, 1)) * (os.cpu_count() or 1)
 
 
 def cpu_model() -> str:
@@ -666,7 +685,7 @@ def main(argv=None) -> int:
         return 0
 
     t_start = time.perf_counter()
-    load_start = os.getloadavg()[0]
+    busy_start = busy_cores()  # nothing of ours runs yet: this is other work on the host
     # Build the data and run the torch child before JAX touches the accelerator.
     store = open_store(args.store)
     print(f"torch side ({'skipped' if args.no_torch else 'child process'}) ...", flush=True)
@@ -687,12 +706,12 @@ def main(argv=None) -> int:
         print(f"jax {name}: done", flush=True)
 
     dev = jax.devices()[0]
-    load_end = os.getloadavg()[0]
+    busy_end = busy_cores()
     notes = []
-    if plat == "cpu" and max(load_start, load_end) > 0.5 * os.cpu_count():
-        notes.append(f"the host was busy (1-min load average {load_start:.1f} at the start, "
-                     f"{load_end:.1f} at the end, {os.cpu_count()} cores): CPU figures are "
-                     "disturbed, torch's OpenMP kernels most")
+    busy = [b for b in (busy_start, busy_end) if b is not None]
+    if plat == "cpu" and busy and max(busy) > 0.25:
+        notes.append(f"other work kept {max(busy):.1f} of {os.cpu_count()} cores busy before or "
+                     "after the run: CPU figures are disturbed (torch's OpenMP kernels most)")
     if "skipped" in torch_res:
         notes.append(f"torch rows skipped: {torch_res['skipped']}")
     for name, tm in torch_res.get("models", {}).items():
@@ -722,7 +741,8 @@ def main(argv=None) -> int:
                    "jax_platform": plat, "torch": torch_res.get("device"),
                    "torch_device_type": torch_res.get("device_type"),
                    "host_cpus": os.cpu_count(), "torch_threads": torch_res.get("threads"),
-                   "load_average_1min": [load_start, load_end], "host_cpu": cpu_model(),
+                   "other_busy_cores_before_after": [busy_start, busy_end],
+                   "host_cpu": cpu_model(),
                    "machine": platform.platform()},
         "versions": {"python": platform.python_version(), "jax": jax.__version__,
                      "jaxlib": jaxlib.__version__, "flax": flax.__version__,
