@@ -49,15 +49,20 @@ class MLP(nn.Module):
 
     @nn.compact
     def __call__(self, x, *, train: bool = False):
+        # Kernels alternate (embed, mlp) / (mlp, embed): under tensor parallelism a column-split
+        # layer feeds a row-split one (Megatron style) instead of all-gathering in between.
+        in_name = "embed"
         for width in self.hidden:
-            x = dense(width, "embed", "mlp", dtype=self.dtype)(x)
+            out_name = "mlp" if in_name == "embed" else "embed"
+            x = dense(width, in_name, out_name, dtype=self.dtype)(x)
+            in_name = out_name
             if self.layer_norm:
                 x = nn.LayerNorm(dtype=self.dtype)(x)
             x = self.activation(x)
             if self.dropout:
                 x = nn.Dropout(self.dropout, deterministic=not train)(x)
         if self.out_features is not None:
-            x = dense(self.out_features, "mlp", "embed", dtype=self.dtype)(x)
+            x = dense(self.out_features, in_name, "embed", dtype=self.dtype)(x)
         return x
 
 

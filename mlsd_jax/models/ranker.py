@@ -15,7 +15,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from mlsd_jax.models.layers import MLP, TransformerEncoder, dense
+from mlsd_jax.models.layers import MLP, TransformerEncoder
 
 
 class MLPRanker(nn.Module):
@@ -27,8 +27,8 @@ class MLPRanker(nn.Module):
     @nn.compact
     def __call__(self, features, mask=None, *, train: bool = False):
         x = _noisy(self, features, self.input_noise, train)
-        x = MLP(self.hidden, dropout=self.dropout, layer_norm=self.layer_norm)(x, train=train)
-        scores = dense(1, "mlp", "embed")(x)[..., 0]
+        scores = MLP(self.hidden, out_features=1, dropout=self.dropout,
+                     layer_norm=self.layer_norm)(x, train=train)[..., 0]
         return _mask_scores(scores, mask)
 
 
@@ -53,8 +53,7 @@ class ListwiseAttentionRanker(nn.Module):
         a = TransformerEncoder(self.num_layers, self.num_heads, self.mlp_dim, self.dropout,
                                self.attention_dropout)(h, mask, train=train)
         z = h * (1.0 + a)
-        z = MLP(self.head_hidden, dropout=self.dropout)(z, train=train)
-        scores = dense(1, "mlp", "embed")(z)[..., 0]
+        scores = MLP(self.head_hidden, out_features=1, dropout=self.dropout)(z, train=train)[..., 0]
         return _mask_scores(scores, mask)
 
 

@@ -37,7 +37,9 @@ class TrainerConfig:
     patience: int = 6                  # evaluations without improvement before stopping; 0 = off
     keep_checkpoints: int = 2
     checkpoint_every: int | None = None  # default: at every evaluation
-    max_steps_in_flight: int = 1       # >1 lets dispatch run ahead (see README: CPU collectives)
+    # Steps dispatched ahead of the host. None: 1 on multi-device CPU meshes (XLA's CPU
+    # collectives can deadlock with many steps in flight), 8 elsewhere.
+    max_steps_in_flight: int | None = None
     seed: int = 0
     eval_split: str = "valid"          # early stopping / best checkpoint split
     final_splits: tuple[str, ...] = ("valid", "test")
@@ -74,6 +76,8 @@ class Trainer:
                 raise ValueError(f"trainer.{name}={getattr(cfg, name)} must be a multiple of the "
                                  f"data-parallel size {dp} (mesh {dict(mesh.shape)})")
         self.tx, self.schedule = make_optimizer(optim, cfg.max_steps)
+        cpu_collectives = jax.default_backend() == "cpu" and mesh.devices.size > 1
+        self.max_in_flight = cfg.max_steps_in_flight or (1 if cpu_collectives else 8)
         self._setup_state()
         self._setup_steps()
 
@@ -189,7 +193,7 @@ class Trainer:
                     jax.block_until_ready(metrics)
                     compile_s = time.perf_counter() - t
                 # Bound the steps dispatched ahead of the host (CPU collectives can deadlock).
-                while len(in_flight) > max(cfg.max_steps_in_flight, 1) - 1:
+                while len(in_flight) >= self.max_in_flight:
                     for k, v in _to_host(in_flight.popleft()).items():
                         log_acc[k].append(float(v))
                 train_time += time.perf_counter() - t
