@@ -128,21 +128,11 @@ def open_store(path: str | None):
     return open_letor(fetch_packaged(MSLR_SAMPLE_TRAIN), num_features=NUM_FEATURES, progress=False)
 
 
-def _pad(features, labels, rng):
-    n = len(labels)
-    if n > LIST_SIZE:
-        keep = np.sort(rng.choice(n, LIST_SIZE, replace=False))
-        features, labels, n = features[keep], labels[keep], LIST_SIZE
-    f = np.zeros((LIST_SIZE, features.shape[-1]), np.float32)
-    y = np.zeros((LIST_SIZE,), np.float32)
-    m = np.zeros((LIST_SIZE,), bool)
-    f[:n], y[:n], m[:n] = features, labels, True
-    return f, y, m
-
-
 def make_batches(store, batch_size: int, count: int, seed: int) -> list[dict]:
     """``count`` batches of ``batch_size`` lists, cycling through the queries in seeded random
     order; long lists are randomly subsampled to 128 docs, short ones padded (``mask``)."""
+    from mlsd_jax.data.lists import pad_list
+
     rng = np.random.default_rng(seed)
     order: list[int] = []
     batches = []
@@ -151,9 +141,8 @@ def make_batches(store, batch_size: int, count: int, seed: int) -> list[dict]:
         for _ in range(batch_size):
             if not order:
                 order = list(rng.permutation(len(store)))
-            rows.append(_pad(*store.query(order.pop()), rng))
-        f, y, m = (np.stack(c) for c in zip(*rows))
-        batches.append({"features": f, "label": y, "mask": m})
+            rows.append(pad_list(*store.query(order.pop()), LIST_SIZE, rng))
+        batches.append({k: np.stack([r[k] for r in rows]) for k in rows[0]})
     return batches
 
 
@@ -226,15 +215,6 @@ def with_rates(res: dict, lists_per_call: int, docs_per_unit: int, key: str) -> 
 # ---------------------------------------------------------------------------------------- JAX
 
 
-def jax_forward(model, params, consts, inputs, *, train: bool, rng=None):
-    # Same feature path as mlsd_jax.tasks.ranking.forward (that module needs hydra).
-    from mlsd_jax.features import log1p_standardize
-
-    x = log1p_standardize(consts["features"], inputs["features"])
-    return model.apply({"params": params}, x, inputs["mask"], train=train,
-                       rngs={"dropout": rng} if train else None)
-
-
 def run_jax(name: str, model_cfg: dict, data: dict, args, cfg: dict) -> dict:
     import jax
     import jax.numpy as jnp
@@ -243,13 +223,14 @@ def run_jax(name: str, model_cfg: dict, data: dict, args, cfg: dict) -> dict:
     from mlsd_jax.models import ListwiseAttentionRanker, MLPRanker
     from mlsd_jax.sharding import MeshConfig, make_mesh
     from mlsd_jax.tasks.base import Task
+    from mlsd_jax.tasks.ranking import forward
     from mlsd_jax.training.optim import OptimConfig
     from mlsd_jax.training.trainer import Trainer, TrainerConfig
 
     model = (ListwiseAttentionRanker if name == "attn_ranker" else MLPRanker)(**model_cfg)
     pool = data["train"]
     task = Task(
-        name="ranking", model=model, consts={"features": data["stats"]}, forward=jax_forward,
+        name="ranking", model=model, consts={"features": data["stats"]}, forward=forward,
         loss_fn=lambda scores, batch: lambdarank_loss(scores, batch["label"], where=batch["mask"]),
         metric_fns={}, example_weight=lambda b: jnp.any(b["mask"], -1).astype(jnp.float32),
         train_batches=lambda seed, start: iter(()), eval_splits={}, example_batch=pool[0],

@@ -11,7 +11,6 @@ import functools
 import re
 from typing import Any, Mapping
 
-import hydra
 import jax.numpy as jnp
 import numpy as np
 
@@ -56,6 +55,8 @@ def _train_chunks(store, rows: int = 65536):
 
 
 def build_ranking_task(cfg: Mapping[str, Any]) -> Task:
+    import hydra  # config-time only: forward() and the metrics import without it
+
     data_cfg, trainer_cfg = cfg["data"], cfg["trainer"]
     name = "letor" if data_cfg.get("path") else data_cfg["name"]
     splits = load_ranking_splits(name, path=data_cfg.get("path"),
