@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import logging
 import platform
 import resource
 import time
@@ -69,6 +70,8 @@ def run(cfg: DictConfig, workdir: str | Path | None = None) -> dict[str, Any]:
     ``workdir`` defaults to ``cfg.workdir`` (Hydra's run directory under ``experiments.run``).
     """
     t_start = time.perf_counter()
+    # Hydra sets the root logger to INFO; orbax's per-save absl INFO lines would drown the run.
+    logging.getLogger("absl").setLevel(logging.WARNING)
     maybe_initialize_distributed(cfg)
     workdir = Path(workdir or cfg.get("workdir") or "outputs/run").absolute()
     cfg = cfg.copy()
