@@ -24,7 +24,7 @@ TEST = [
     "matplotlib>=3.8",
     "portpicker>=1.6",
 ]
-BENCH = ["lightgbm>=4.5,<5", "psutil>=5.9", "matplotlib>=3.8"]
+BENCH = ["lightgbm>=4.5,<5", "matplotlib>=3.8"]
 
 setup(
     name="mlsd_jax",
