@@ -43,27 +43,22 @@ _MSLR_NOTE = (
     "arXiv:1306.2597. Sample redistributed in rankeval (MPL-2.0 code) test data."
 )
 
-MSLR_SAMPLE_TRAIN = PackagedFile(
-    registry="pypi",
-    package="rankeval",
-    version="0.8.2",
-    kind="sdist",
-    sha256="c7d71602ab7fe0a0281976c1f0e883cb16431f72e4e946e5fd83790449bb21a9",
-    member="rankeval-0.8.2/rankeval/test/data/msn1.fold1.train.5k.txt",
-    description="MSLR-WEB10K Fold1 train sample: 5,000 docs, 43 queries, 136 features, labels 0-4",
-    license_note=_MSLR_NOTE,
-)
+def _mslr_sample(split: str) -> PackagedFile:
+    return PackagedFile(
+        registry="pypi",
+        package="rankeval",
+        version="0.8.2",
+        kind="sdist",
+        sha256="c7d71602ab7fe0a0281976c1f0e883cb16431f72e4e946e5fd83790449bb21a9",
+        member=f"rankeval-0.8.2/rankeval/test/data/msn1.fold1.{split}.5k.txt",
+        description=f"MSLR-WEB10K Fold1 {split} sample: 5,000 docs, 43 queries, 136 features, "
+                    "labels 0-4",
+        license_note=_MSLR_NOTE,
+    )
 
-MSLR_SAMPLE_TEST = PackagedFile(
-    registry="pypi",
-    package="rankeval",
-    version="0.8.2",
-    kind="sdist",
-    sha256="c7d71602ab7fe0a0281976c1f0e883cb16431f72e4e946e5fd83790449bb21a9",
-    member="rankeval-0.8.2/rankeval/test/data/msn1.fold1.test.5k.txt",
-    description="MSLR-WEB10K Fold1 test sample: 5,000 docs, 43 queries, 136 features, labels 0-4",
-    license_note=_MSLR_NOTE,
-)
+
+MSLR_SAMPLE_TRAIN = _mslr_sample("train")
+MSLR_SAMPLE_TEST = _mslr_sample("test")
 
 BIO_KDDCUP04_TRAIN = PackagedFile(
     registry="pypi",
