@@ -247,8 +247,10 @@ class Trainer:
                 metrics.update(self.evaluate(final_state, task.eval_splits[split](),
                                              SPLIT_PREFIX.get(split, split)))
         timings["final_eval_s"] = time.perf_counter() - te
-        if logger:
-            logger.log(step, metrics)
+        if logger:  # the validation split's curve is already logged: its final values go as best/
+            prefix = SPLIT_PREFIX.get(cfg.eval_split, cfg.eval_split) + "/"
+            logger.log(step, {("best/" + k if k.startswith(prefix) else k): v
+                              for k, v in metrics.items()})
         best_dir = ckpt.best.directory / str(best_step) if best_step is not None else None
         ckpt.close()
         return FitResult(state=final_state, metrics=metrics, best_step=best_step,
