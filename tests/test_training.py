@@ -132,3 +132,24 @@ def test_every_task_runs_one_step(task_file, tmp_path):
     fit = make_trainer(cfg, task, max_steps=1, eval_every=1).fit(tmp_path)
     assert fit.steps_run == 1
     assert all(np.isfinite(v) for v in fit.metrics.values())
+
+
+def test_letor_fold_from_data_path(tmp_path):
+    """data.path=<fold folder> (MSLR layout) trains through the same task code."""
+    from mlsd_jax.data.fetch import fetch_packaged
+    from mlsd_jax.data.ranking import MSLR_SAMPLE_TEST, MSLR_SAMPLE_TRAIN
+
+    train_lines = fetch_packaged(MSLR_SAMPLE_TRAIN).read_text().splitlines(keepends=True)
+    qids = sorted({line.split()[1] for line in train_lines}, key=lambda q: int(q[4:]))
+    vali = set(qids[:8])
+    fold = tmp_path / "Fold1"
+    fold.mkdir()
+    (fold / "train.txt").write_text("".join(l for l in train_lines if l.split()[1] not in vali))
+    (fold / "vali.txt").write_text("".join(l for l in train_lines if l.split()[1] in vali))
+    (fold / "test.txt").write_text(fetch_packaged(MSLR_SAMPLE_TEST).read_text())
+    cfg = compose_config(["+task=ranking", "data=letor", f"data.path={fold}"])
+    task = tasks.build(cfg)
+    assert task.info["train_queries"] == 35 and task.info["valid_queries"] == 8
+    assert task.info["test_queries"] == 43 and task.info["num_features"] == 136
+    fit = make_trainer(cfg, task, max_steps=2, eval_every=2).fit(tmp_path / "run")
+    assert 0.0 <= fit.metrics["eval/ndcg@10"] <= 1.0
