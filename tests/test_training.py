@@ -153,3 +153,10 @@ def test_letor_fold_from_data_path(tmp_path):
     assert task.info["test_queries"] == 43 and task.info["num_features"] == 136
     fit = make_trainer(cfg, task, max_steps=2, eval_every=2).fit(tmp_path / "run")
     assert 0.0 <= fit.metrics["eval/ndcg@10"] <= 1.0
+
+
+def test_missing_validation_split_is_a_clear_error():
+    cfg = compose_config(["+task=ranking", "data.valid_fraction=0"])
+    task = tasks.build(cfg)
+    with pytest.raises(ValueError, match="trainer.eval_split='valid' has no data"):
+        make_trainer(cfg, task)

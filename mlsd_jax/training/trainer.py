@@ -75,6 +75,10 @@ class Trainer:
             if getattr(cfg, name) % dp:
                 raise ValueError(f"trainer.{name}={getattr(cfg, name)} must be a multiple of the "
                                  f"data-parallel size {dp} (mesh {dict(mesh.shape)})")
+        if cfg.eval_every and cfg.eval_split not in task.eval_splits:
+            raise ValueError(
+                f"trainer.eval_split={cfg.eval_split!r} has no data (splits with data: "
+                f"{sorted(task.eval_splits)}); pick one of those or set trainer.eval_every=0")
         self.tx, self.schedule = make_optimizer(optim, cfg.max_steps)
         cpu_collectives = jax.default_backend() == "cpu" and mesh.devices.size > 1
         self.max_in_flight = cfg.max_steps_in_flight or (1 if cpu_collectives else 8)
