@@ -39,7 +39,6 @@ lets XLA use TF32 on Ampere and newer; torch gets the comparable setting
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import importlib.util
 import json
 import math

@@ -4,7 +4,6 @@ import subprocess
 import sys
 from pathlib import Path
 
-import pytest
 
 from tests.utils import TINY
 
@@ -17,7 +16,6 @@ def run_cli(*overrides, timeout=600):
 
 
 def test_cli_trains_evaluates_exports_and_resumes(tmp_path):
-    pytest.importorskip("tensorflow")
     args = ["+task=ranking", f"hydra.run.dir={tmp_path}", *[o for o in TINY if not o.startswith("export")],
             "export.enabled=true", "logger=wandb"]
     proc = run_cli(*args)

@@ -4,6 +4,7 @@ import json
 import jax
 import numpy as np
 import pytest
+import tensorflow as tf  # the [test] extra installs tensorflow-cpu
 
 from mlsd_jax import sharding as shd
 from mlsd_jax import tasks
@@ -12,8 +13,6 @@ from mlsd_jax.export import export_saved_model, load_saved_model
 from mlsd_jax.training.optim import OptimConfig
 from mlsd_jax.training.trainer import Trainer, TrainerConfig
 from tests.utils import compose_config
-
-tf = pytest.importorskip("tensorflow", reason="the [export] extra (tensorflow-cpu) is not installed")
 
 
 @pytest.fixture(scope="module")

@@ -1,5 +1,4 @@
 import json
-import pathlib
 
 import numpy as np
 import pytest
@@ -135,7 +134,7 @@ def test_small_chunks_match_one_chunk(tmp_path):
     lines = lines[:5] + ["\n"] + lines[5:]
     path = _write(tmp_path / "f.txt", lines)
     a = build_query_store(path, tmp_path / "a", num_features=136, chunk_lines=3)
-    b = build_query_store(path, tmp_path / "b", num_features=136)
+    build_query_store(path, tmp_path / "b", num_features=136)
     for name in ("features.npy", "labels.npy", "qid_offsets.npy", "qids.npy"):
         np.testing.assert_array_equal(np.load(tmp_path / "a" / name), np.load(tmp_path / "b" / name))
     np.testing.assert_array_equal(a.list_sizes, [4, 4, 4, 4])

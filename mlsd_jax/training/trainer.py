@@ -10,7 +10,7 @@ import collections
 import dataclasses
 import time
 from pathlib import Path
-from typing import Any, Iterable, Mapping
+from typing import Iterable, Mapping
 
 import flax.linen as nn
 import jax
