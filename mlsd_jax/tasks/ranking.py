@@ -59,6 +59,9 @@ def build_ranking_task(cfg: Mapping[str, Any]) -> Task:
 
     data_cfg, trainer_cfg = cfg["data"], cfg["trainer"]
     name = "letor" if data_cfg.get("path") else data_cfg["name"]
+    if name == "letor" and not data_cfg.get("path"):
+        raise ValueError("data=letor needs data.path=<a LETOR fold folder (train.txt, vali.txt, "
+                         "test.txt) or a single LETOR file>")
     splits = load_ranking_splits(name, path=data_cfg.get("path"),
                                  num_features=data_cfg.get("num_features"),
                                  valid_fraction=data_cfg.get("valid_fraction", 0.2),
