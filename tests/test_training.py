@@ -160,3 +160,8 @@ def test_missing_validation_split_is_a_clear_error():
     task = tasks.build(cfg)
     with pytest.raises(ValueError, match="trainer.eval_split='valid' has no data"):
         make_trainer(cfg, task)
+
+
+def test_letor_without_path_names_the_setting():
+    with pytest.raises(ValueError, match="data=letor needs data.path="):
+        tasks.build(compose_config(["+task=ranking", "data=letor"]))
