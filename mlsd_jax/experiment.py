@@ -20,7 +20,7 @@ from mlsd_jax import sharding as shd
 from mlsd_jax import tasks
 from mlsd_jax.training.loggers import make_logger
 from mlsd_jax.training.optim import OptimConfig
-from mlsd_jax.training.trainer import Trainer, TrainerConfig
+from mlsd_jax.training.trainer import Trainer, TrainerConfig, metric_key
 
 
 def config_dir() -> str:
@@ -111,7 +111,7 @@ def run(cfg: DictConfig, workdir: str | Path | None = None) -> dict[str, Any]:
         "task": task.name,
         "metrics": fit.metrics,
         "best_step": fit.best_step,
-        f"best_{fit_target(trainer_cfg, task)}": fit.best_metric,
+        f"best_{metric_key(trainer_cfg.eval_split, task.target_metric)}": fit.best_metric,
         "steps_run": fit.steps_run,
         "stopped_early": fit.stopped_early,
         "timings": {"data_s": data_s, **fit.timings, "export_s": export_s,
@@ -131,12 +131,6 @@ def run(cfg: DictConfig, workdir: str | Path | None = None) -> dict[str, Any]:
         (workdir / "results.json").write_text(json.dumps(results, indent=2, default=str))
         print_results(results)
     return results
-
-
-def fit_target(trainer_cfg: TrainerConfig, task) -> str:
-    from mlsd_jax.training.trainer import metric_key
-
-    return metric_key(trainer_cfg.eval_split, task.target_metric)
 
 
 def print_results(results: dict[str, Any]) -> None:

@@ -43,11 +43,6 @@ def pad_list(features: np.ndarray, labels: np.ndarray, list_size: int,
     return {"features": out_f, "label": out_l, "mask": mask}
 
 
-def empty_like(batch: dict[str, np.ndarray], n: int) -> dict[str, np.ndarray]:
-    """``n`` all-masked lists shaped like one element of ``batch`` (padding for the last batch)."""
-    return {k: np.zeros((n,) + v.shape[1:], v.dtype) for k, v in batch.items()}
-
-
 def train_batches(store, *, list_size: int, batch_size: int, seed: int, start_step: int = 0,
                   num_threads: int = 2, prefetch: int = 4) -> Iterator[dict[str, np.ndarray]]:
     """Infinite stream of training batches for this process, starting at ``start_step``.
@@ -91,13 +86,9 @@ def eval_batches(store, *, batch_size: int, list_size: int | None = None
     local = batch_size // n_proc
     indices = np.arange(len(store))[proc::n_proc]
     n_batches = -(-len(store) // batch_size)  # same count on every process
+    empty = pad_list(np.zeros((0, store.num_features), np.float32), np.zeros(0, np.float32),
+                     list_size)
     for b in range(n_batches):
         rows = [pad_list(*store.query(int(i)), list_size) for i in indices[b * local:(b + 1) * local]]
-        batch = ({k: np.stack([r[k] for r in rows]) for k in rows[0]} if rows else
-                 {"features": np.zeros((0, list_size, store.num_features), np.float32),
-                  "label": np.zeros((0, list_size), np.float32),
-                  "mask": np.zeros((0, list_size), bool)})
-        if len(batch["mask"]) < local:
-            pad = empty_like(batch, local - len(batch["mask"]))
-            batch = {k: np.concatenate([batch[k], pad[k]]) for k in batch}
-        yield batch
+        rows += [empty] * (local - len(rows))  # all-masked lists: metrics ignore them
+        yield {k: np.stack([r[k] for r in rows]) for k in empty}

@@ -5,8 +5,6 @@ code runs in the jitted training step, batch inference, the server and the expor
 """
 from __future__ import annotations
 
-import json
-from pathlib import Path
 from typing import Iterable, Mapping
 
 import jax.numpy as jnp
@@ -61,17 +59,3 @@ def fit_log1p_standardize(chunks: Iterable[np.ndarray], num_features: int,
 def log1p_standardize(stats: Mapping[str, jnp.ndarray], x):
     """Applies a fitted transform to ``[..., F]`` features (jit- and jax2tf-friendly)."""
     return (signed_log1p(x) - stats["mean"]) / stats["std"]
-
-
-def save_stats(stats: Mapping[str, np.ndarray], path: str | Path) -> Path:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    np.savez(path, **{k: np.asarray(v) for k, v in stats.items()})
-    path.with_suffix(".json").write_text(json.dumps(
-        {"transform": "log1p_standardize", "num_features": int(np.asarray(stats["mean"]).size)}))
-    return path
-
-
-def load_stats(path: str | Path) -> dict[str, np.ndarray]:
-    with np.load(path) as f:
-        return {k: f[k] for k in f.files}
