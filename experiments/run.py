@@ -17,9 +17,8 @@ from mlsd_jax.experiment import config_dir, run
 
 @hydra.main(version_base="1.3", config_path=config_dir(), config_name="config")
 def main(cfg: DictConfig) -> float | None:
-    results = run(cfg)
-    target = cfg.task.get("target_metric") if cfg.get("task") else None
-    return results["metrics"].get(f"eval/{target}") if target else None
+    """Returns the *validation* objective (what a Hydra sweeper optimises), never a test metric."""
+    return run(cfg)["objective"]["value"]
 
 
 if __name__ == "__main__":

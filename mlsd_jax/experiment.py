@@ -11,7 +11,7 @@ import platform
 import resource
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
 import jax
 from omegaconf import DictConfig, OmegaConf, open_dict
@@ -56,6 +56,39 @@ class DistributedConfig:
     local_device_ids: list[int] | None = None
 
 
+def apply_debug(cfg: DictConfig, overrides: Sequence[str] = ()) -> DictConfig:
+    """``debug=NAME`` overlays: merges ``cfg.debug`` then ``cfg.task.debug`` over the config.
+
+    Merged in code, after composition, so the overlay wins over the task's own settings (a
+    Hydra defaults entry would lose to the ``+task`` appended after it). Values set on the
+    command line (``overrides``: ``key=value`` strings) win over the overlay.
+    """
+    overlay = cfg.get("debug")
+    if not overlay:
+        return cfg
+    task_overlay = (cfg.get("task") or {}).get("debug") or {}
+    explicit = {}
+    for item in overrides:
+        key = item.split("=", 1)[0].lstrip("+~")
+        if "=" not in item or "/" in key or "@" in key:
+            continue
+        value = OmegaConf.select(cfg, key, default=None)
+        if value is not None and not isinstance(value, DictConfig):
+            explicit[key] = value
+    merged = OmegaConf.merge(cfg, overlay, task_overlay)
+    for key, value in explicit.items():
+        OmegaConf.update(merged, key, value, force_add=True)
+    with open_dict(merged):
+        merged.debug = {**OmegaConf.to_container(overlay, resolve=True), "applied": True}
+    return merged
+
+
+def _command_line_overrides() -> list[str]:
+    from hydra.core.hydra_config import HydraConfig
+
+    return list(HydraConfig.get().overrides.task) if HydraConfig.initialized() else []
+
+
 def maybe_initialize_distributed(cfg) -> None:
     """Multi-host: ``jax.distributed.initialize`` when a coordinator is configured."""
     dist = typed(DistributedConfig, cfg.get("distributed") or {})
@@ -74,6 +107,8 @@ def run(cfg: DictConfig, workdir: str | Path | None = None) -> dict[str, Any]:
     logging.getLogger("absl").setLevel(logging.WARNING)
     maybe_initialize_distributed(cfg)
     workdir = Path(workdir or cfg.get("workdir") or "outputs/run").absolute()
+    if cfg.get("debug") and not cfg.debug.get("applied"):
+        cfg = apply_debug(cfg, _command_line_overrides())
     cfg = cfg.copy()
     with open_dict(cfg):  # composed outside a Hydra run, ${hydra:...} has nothing to resolve
         cfg.workdir = str(workdir)
@@ -98,20 +133,21 @@ def run(cfg: DictConfig, workdir: str | Path | None = None) -> dict[str, Any]:
 
     export_path, export_s = None, 0.0
     if export_cfg.enabled and jax.process_index() == 0:
-        from mlsd_jax.export import export_saved_model
+        from mlsd_jax.export import export_model
 
         t = time.perf_counter()
-        export_path = export_saved_model(
-            task, fit.state.params, fit.state.consts, workdir / export_cfg.dir,
-            check=export_cfg.check,
-            metadata={"metrics": fit.metrics, "best_step": fit.best_step, "data": task.info})
+        export_path = export_model(
+            task, fit.state, workdir / export_cfg.dir, check=export_cfg.check, config=config,
+            card={"metrics": fit.metrics, "best_step": fit.best_step, "data": dict(task.info),
+                  "target_metric": f"{trainer_cfg.eval_split}/{task.target_metric}"})
         export_s = time.perf_counter() - t
 
     results = {
         "task": task.name,
         "metrics": fit.metrics,
         "best_step": fit.best_step,
-        f"best_{metric_key(trainer_cfg.eval_split, task.target_metric)}": fit.best_metric,
+        "objective": {"name": metric_key(trainer_cfg.eval_split, task.target_metric),
+                      "mode": task.target_mode, "value": fit.best_metric},
         "steps_run": fit.steps_run,
         "stopped_early": fit.stopped_early,
         "timings": {"data_s": data_s, **fit.timings, "export_s": export_s,

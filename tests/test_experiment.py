@@ -21,13 +21,13 @@ def test_cli_trains_evaluates_exports_and_resumes(tmp_path):
     proc = run_cli(*args)
     assert proc.returncode == 0, proc.stderr[-4000:]
     results = json.loads((tmp_path / "results.json").read_text())
-    for key in ("eval/ndcg@1", "eval/ndcg@3", "eval/ndcg@5", "eval/ndcg@10", "eval/mrr", "eval/map"):
+    for key in ("test/ndcg@1", "test/ndcg@3", "test/ndcg@5", "test/ndcg@10", "test/mrr", "test/map"):
         assert 0.0 <= results["metrics"][key] <= 1.0
     assert Path(results["paths"]["export"], "saved_model.pb").exists()
     assert Path(results["paths"]["best_checkpoint"]).exists()
     assert results["config"]["task"]["name"] == "ranking"
     assert {"data_s", "train_s", "export_s", "total_s"} <= set(results["timings"])
-    assert "eval/ndcg@10" in proc.stdout  # the results table
+    assert "test/ndcg@10" in proc.stdout  # the results table
     assert list(tmp_path.glob("wandb/offline-run-*"))
 
     # Same command, same directory, more steps: continues from the last checkpoint.
@@ -40,9 +40,9 @@ def test_cli_trains_evaluates_exports_and_resumes(tmp_path):
 
 
 def test_cli_unknown_loss_names_choices():
-    proc = run_cli("+task=ranking", "loss=lambdamart", timeout=120)
+    proc = run_cli("+task=ranking", "ranking/loss=lambdamart", timeout=120)
     assert proc.returncode != 0
-    assert "Available options in 'loss'" in proc.stderr and "lambdarank" in proc.stderr
+    assert "Available options in 'ranking/loss'" in proc.stderr and "lambdarank" in proc.stderr
 
 
 def test_cli_missing_data_path_is_clear(tmp_path):

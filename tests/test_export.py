@@ -1,15 +1,15 @@
-"""SavedModel export: reloaded in TensorFlow, it matches JAX for any batch size and list length."""
+"""Export: SavedModel and bundle agree for any batch size and list length; the bundle is
+self-contained; a failed export leaves nothing behind."""
 import json
 
 import jax
 import numpy as np
 import pytest
-import tensorflow as tf  # the [test] extra installs tensorflow-cpu
 
 from mlsd_jax import sharding as shd
 from mlsd_jax import tasks
 from mlsd_jax.experiment import typed
-from mlsd_jax.export import export_saved_model, load_saved_model
+from mlsd_jax.export import export_model, load_bundle, load_saved_model, saved_model_predict
 from mlsd_jax.training.optim import OptimConfig
 from mlsd_jax.training.trainer import Trainer, TrainerConfig
 from tests.utils import compose_config
@@ -26,36 +26,76 @@ def exported(tmp_path_factory):
     for _ in range(2):
         state, _ = trainer.train_step(state, trainer.put_batch(next(batches)), jax.random.key(0))
     base = tmp_path_factory.mktemp("export")
-    path = export_saved_model(task, state.params, state.consts, base)
-    return task, jax.device_get(state.params), jax.device_get(state.consts), path
+    path = export_model(task, state, base, card={"metrics": {"valid/ndcg@10": 0.5}})
+    return task, trainer, state, path
 
 
-@pytest.mark.parametrize("batch,length", [(1, 1), (3, 7), (2, 50), (5, 300)])
-def test_savedmodel_matches_jax(exported, batch, length):
-    task, params, consts, path = exported
-    rng = np.random.default_rng(batch * 1000 + length)
+def _raw(batch, length, seed):
+    rng = np.random.default_rng(seed)
     # Raw, untransformed features on the scale of the real data: the transform is in the graph.
     features = np.abs(rng.standard_t(2, size=(batch, length, 136))).astype(np.float32) * 10
     mask = rng.random((batch, length)) < 0.8
     mask[:, 0] = True
-    serve = load_saved_model(path)
-    got = serve(features=tf.constant(features), mask=tf.constant(mask))["scores"].numpy()
-    want = np.asarray(task.predict(params, consts, {"features": features, "mask": mask}))
-    assert got.shape == (batch, length)
-    np.testing.assert_allclose(got[mask], want[mask], rtol=1e-4, atol=1e-4)
+    return {"features": features, "mask": mask}
 
 
-def test_export_layout_and_metadata(exported):
-    task, params, consts, path = exported
+@pytest.mark.parametrize("batch,length", [(1, 1), (3, 7), (2, 50), (5, 300)])
+def test_savedmodel_bundle_and_training_forward_agree(exported, batch, length):
+    task, trainer, state, path = exported
+    raw = _raw(batch, length, batch * 1000 + length)
+    got = saved_model_predict(path, raw)["scores"]
+    bundle = load_bundle(path)
+    fast = bundle.predict(raw)["scores"]
+    # The training-side evaluation path on the same rows.
+    from mlsd_jax.tasks.base import run_forward
+
+    want, _ = run_forward(task.model, task.forward, jax.device_get(state.variables),
+                          jax.device_get(state.consts), raw, train=False)
+    assert got.shape == fast.shape == (batch, length)
+    np.testing.assert_allclose(got[raw["mask"]], np.asarray(want["scores"])[raw["mask"]],
+                               rtol=1e-4, atol=1e-4)
+    np.testing.assert_allclose(fast, np.asarray(want["scores"]), rtol=1e-5, atol=1e-5)
+
+
+def test_bundle_card_is_self_contained(exported):
+    task, _, state, path = exported
     assert path.name == "1" and (path / "saved_model.pb").exists()
-    meta = json.loads((path / "assets.extra" / "mlsd_model.json").read_text())
-    assert meta["task"] == "ranking" and meta["inputs"]["features"]["shape"] == [None, None, 136]
-    second = export_saved_model(task, params, consts, path.parent, check=False)
+    card = json.loads((path / "assets.extra" / "mlsd_model.json").read_text())
+    assert card["task"] == "ranking" and card["serving"] == "mlsd_jax.tasks.ranking:serving"
+    sig = card["signatures"]["serving_default"]
+    assert sig["inputs"]["features"] == {"dims": ["batch", "list", 136], "dtype": "float32"}
+    assert list(sig["outputs"]) == ["scores"]
+    assert card["features"] == {"num_features": 136}
+    assert card["config"]["model"]["_target_"].endswith("ListwiseAttentionRanker")
+    assert card["metrics"] == {"valid/ndcg@10": 0.5}
+    assert {"jax", "flax", "numpy"} <= set(card["libraries"]) and "git_commit" in card
+    bundle = load_bundle(path)
+    saved = jax.tree.leaves(jax.device_get(state.params))
+    assert all(np.array_equal(a, b) for a, b in zip(saved, jax.tree.leaves(bundle.variables["params"])))
+
+
+def test_versions_count_up_and_a_failed_check_leaves_nothing(exported):
+    task, _, state, path = exported
+    second = export_model(task, state, path.parent, check=False)
     assert second.name == "2"
+    # A check that fails (a negative tolerance cannot be met) must not
+    # leave a version folder or a temporary folder behind.
+    with pytest.raises(RuntimeError, match="differ"):
+        export_model(task, state, path.parent, tolerance=-1.0)
+    assert sorted(p.name for p in path.parent.iterdir()) == ["1", "2"]
 
 
-def test_export_rejects_wrong_feature_count(exported):
-    _, _, _, path = exported
-    serve = load_saved_model(path)
+def test_savedmodel_rejects_wrong_feature_count(exported):
+    import tensorflow as tf
+
+    serve = load_saved_model(exported[3])
     with pytest.raises((ValueError, TypeError, tf.errors.InvalidArgumentError)):
         serve(features=tf.zeros((1, 4, 10)), mask=tf.ones((1, 4), tf.bool))
+
+
+def test_bundle_rejects_wrong_inputs_by_name(exported):
+    bundle = load_bundle(exported[3])
+    with pytest.raises(KeyError, match="mask"):
+        bundle.predict({"features": np.zeros((1, 3, 136), np.float32)})
+    with pytest.raises(ValueError, match="features"):
+        bundle.predict({"features": np.zeros((1, 3, 10), np.float32), "mask": np.ones((1, 3), bool)})

@@ -1,5 +1,7 @@
-"""Export: TensorFlow SavedModels with the feature transform baked in."""
-from mlsd_jax.export.saved_model import (compare_with_jax, export_saved_model, load_saved_model,
-                                         next_version)
+"""Export: TensorFlow SavedModels with the feature path baked in, and the model bundle."""
+from mlsd_jax.export.bundle import Bundle, load_bundle
+from mlsd_jax.export.saved_model import (check_export, export_model, load_saved_model,
+                                         next_version, saved_model_predict)
 
-__all__ = ["compare_with_jax", "export_saved_model", "load_saved_model", "next_version"]
+__all__ = ["Bundle", "check_export", "export_model", "load_bundle", "load_saved_model",
+           "next_version", "saved_model_predict"]

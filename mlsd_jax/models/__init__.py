@@ -5,3 +5,11 @@ from mlsd_jax.models.ranker import ListwiseAttentionRanker, MLPRanker
 
 __all__ = ["MLP", "dense", "layer_norm", "ListwiseAttentionRanker", "MLPRanker",
            "MultiHeadSelfAttention", "TransformerBlock", "TransformerEncoder"]
+
+from mlsd_jax.models.conv import ConvBNAct, batch_norm, conv  # noqa: E402
+from mlsd_jax.models.embedding import Embedding, MultiEmbedding, masked_pool  # noqa: E402
+
+__all__ += ["ConvBNAct", "batch_norm", "conv", "Embedding", "MultiEmbedding", "masked_pool"]
+from mlsd_jax.models.tabular import TabularNet  # noqa: E402
+
+__all__ += ["TabularNet"]

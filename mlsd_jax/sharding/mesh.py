@@ -28,6 +28,11 @@ DEFAULT_RULES: tuple[tuple[str, str | None], ...] = (
     ("kv", None),
     ("vocab", "model"),
     ("table_rows", "model"),
+    ("conv_t", None),
+    ("conv_h", None),
+    ("conv_w", None),
+    ("conv_in", None),
+    ("conv_out", None),
 )
 
 

@@ -1,10 +1,13 @@
 """Task builders: ``build(cfg)`` assembles the :class:`Task` named by ``cfg.task.name``."""
 from __future__ import annotations
 
+import dataclasses
+
 from mlsd_jax.tasks.base import Task
 
 BUILDERS = {
     "ranking": "mlsd_jax.tasks.ranking:build_ranking_task",
+    "tabular": "mlsd_jax.tasks.tabular:build_tabular_task",
 }
 
 
@@ -17,7 +20,18 @@ def build(cfg) -> Task:
     import importlib
 
     module, fn = BUILDERS[name].split(":")
-    return getattr(importlib.import_module(module), fn)(cfg)
+    task = getattr(importlib.import_module(module), fn)(cfg)
+    return dataclasses.replace(task, config=plain_config(cfg))
+
+
+def plain_config(cfg) -> dict:
+    """The composed config as plain data (interpolations resolved; run-dir keys dropped)."""
+    from omegaconf import OmegaConf
+
+    if not OmegaConf.is_config(cfg):
+        return dict(cfg)
+    cfg = OmegaConf.masked_copy(cfg, [k for k in cfg if k not in ("workdir", "hydra")])
+    return OmegaConf.to_container(cfg, resolve=True)
 
 
 __all__ = ["BUILDERS", "Task", "build"]

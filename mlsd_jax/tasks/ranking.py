@@ -18,7 +18,8 @@ from mlsd_jax import metrics as M
 from mlsd_jax.data import lists
 from mlsd_jax.data.ranking import load_ranking_splits
 from mlsd_jax.features import fit_log1p_standardize, log1p_standardize
-from mlsd_jax.tasks.base import Task
+from mlsd_jax.metrics.streaming import PerExampleMean
+from mlsd_jax.tasks.base import Serving, Signature, Task
 
 _METRICS = {"ndcg": M.ndcg_metric, "dcg": M.dcg_metric, "mrr": M.mrr_metric, "map": M.map_metric,
             "precision": M.precision_metric, "recall": M.recall_metric}
@@ -34,10 +35,27 @@ def ranking_metric(name: str):
     return functools.partial(_METRICS[m.group(1)], topn=topn)
 
 
-def forward(model, params, consts, inputs, *, train: bool, rng=None):
+def forward(apply, consts, inputs, *, train: bool):
+    """Raw LETOR features -> fitted transform -> ranker -> ``{"scores": [B, L]}``."""
     x = log1p_standardize(consts["features"], inputs["features"])
-    return model.apply({"params": params}, x, inputs["mask"], train=train,
-                       rngs={"dropout": rng} if train else None)
+    return {"scores": apply(x, inputs["mask"], train=train)}
+
+
+def serving(cfg: Mapping[str, Any], features: Mapping[str, Any]) -> Serving:
+    """Model, forward and the export signature from config and feature facts (no data).
+
+    ``features``: ``{"num_features": F}``, the width of the LETOR feature vectors.
+    """
+    import hydra
+
+    num_features = int(features["num_features"])
+    signature = Signature(
+        inputs={"features": (("batch", "list", num_features), np.float32),
+                "mask": (("batch", "list"), np.bool_)},
+        outputs={"scores": "float32 [batch, list]: higher ranks first; masked items score -1e9"},
+        predict=lambda apply, consts, x: forward(apply, consts, x, train=False))
+    return Serving(model=hydra.utils.instantiate(cfg["model"]), forward=forward,
+                   signatures={"serving_default": signature})
 
 
 def _train_chunks(store, rows: int = 65536):
@@ -71,7 +89,8 @@ def build_ranking_task(cfg: Mapping[str, Any]) -> Task:
     num_features = train.num_features
     consts = {"features": fit_log1p_standardize(_train_chunks(train), num_features)}
 
-    model = hydra.utils.instantiate(cfg["model"])
+    features = {"num_features": num_features}
+    parts = serving(cfg, features)
     loss = hydra.utils.instantiate(cfg["loss"])
     metric_names = list(cfg["task"].get("metrics", ["ndcg@10"]))
     per_list = {n: ranking_metric(n) for n in metric_names}
@@ -79,12 +98,12 @@ def build_ranking_task(cfg: Mapping[str, Any]) -> Task:
     if target not in per_list:
         raise ValueError(f"task.target_metric={target!r} is not among task.metrics={metric_names}")
 
-    def loss_fn(scores, batch):
-        return loss(scores, batch["label"], where=batch["mask"])
+    def loss_fn(outputs, batch):
+        return loss(outputs["scores"], batch["label"], where=batch["mask"]), {}
 
-    metric_fns = {n: (lambda scores, batch, fn=fn: fn(scores, batch["label"], where=batch["mask"],
-                                                      reduce_fn=None))
-                  for n, fn in per_list.items()}
+    metrics = {n: PerExampleMean(lambda out, batch, fn=fn: fn(
+        out["scores"], batch["label"], where=batch["mask"], reduce_fn=None))
+        for n, fn in per_list.items()}
 
     list_size = int(data_cfg.get("list_size", 128))
     batch_size, eval_batch = int(trainer_cfg["batch_size"]), int(trainer_cfg["eval_batch_size"])
@@ -102,14 +121,16 @@ def build_ranking_task(cfg: Mapping[str, Any]) -> Task:
     example_batch = {k: v[None] for k, v in example.items()}
     info = {"dataset": name, "num_features": num_features,
             "list_size_train": list_size, "list_size_eval": eval_sizes,
+            "split": "LETOR fold files where given; otherwise queries split at random by a seeded "
+                     "rule (grouped: a query's documents stay together)",
             **{f"{s}_queries": len(st) for s, st in splits.items()},
             **{f"{s}_docs": int(np.sum(st.list_sizes)) for s, st in splits.items()}}
     return Task(
-        name="ranking", model=model, consts=consts, forward=forward, loss_fn=loss_fn,
-        metric_fns=metric_fns,
+        name="ranking", model=parts.model, consts=consts, forward=parts.forward, loss_fn=loss_fn,
+        metrics=metrics,
         example_weight=lambda batch: jnp.any(batch["mask"], -1).astype(jnp.float32),
         train_batches=train_batches, eval_splits=eval_splits, example_batch=example_batch,
-        input_keys=("features", "mask"),
-        export_signature={"features": ((None, None, num_features), np.float32),
-                          "mask": ((None, None), np.bool_)},
+        input_keys=("features", "mask"), signatures=parts.signatures,
+        serving="mlsd_jax.tasks.ranking:serving", features=features,
+        serving_examples={"serving_default": {k: example_batch[k] for k in ("features", "mask")}},
         target_metric=target, target_mode="max", info=info)

@@ -1,9 +1,37 @@
-"""Optimizers from config: optax transform + LR schedule (warmup then cosine) + clipping."""
+"""Optimizers from config: optax transform + LR schedule (warmup then cosine) + clipping.
+
+Parameter groups are chosen by parameter *name* (the last key of its path, e.g. ``kernel``,
+``bias``, ``scale``, ``embedding``), so the masks are functions of the param pytree and work
+before the tree exists (optax calls them with the params or updates):
+
+* AdamW's weight decay applies only to params whose name matches ``optim.decay_params``
+  (``kernel`` by default: no decay on biases, norm scales/biases or embedding tables).
+* Embedding tables (names matching ``optim.embedding.params``) may get their own optimizer,
+  ``optim.embedding.name``, e.g. row-wise Adagrad as in DLRM / TorchRec.
+"""
 from __future__ import annotations
 
 import dataclasses
+import re
+from typing import Any, Callable, Mapping, NamedTuple
 
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
 import optax
+
+EMBEDDING_OPTIMIZERS = ("rowwise_adagrad", "adagrad", "adam", "sgd")
+
+
+@dataclasses.dataclass
+class EmbeddingOptimConfig:
+    """Optimizer for embedding tables; ``name: null`` keeps them on the main optimizer."""
+
+    name: str | None = None      # null | rowwise_adagrad | adagrad | adam | sgd
+    lr: float = 0.05             # peak lr; follows optim.schedule's warmup and decay shape
+    eps: float = 1e-8            # (rowwise_)adagrad denominator
+    initial_accumulator_value: float = 0.0  # (rowwise_)adagrad
+    params: str = "embedding"    # regex full-matched against each param's name
 
 
 @dataclasses.dataclass
@@ -18,8 +46,114 @@ class OptimConfig:
     warmup_steps: int = 50
     end_lr_factor: float = 0.01  # final lr = lr * end_lr_factor (cosine)
     clip_norm: float | None = 1.0
+    # adamw: regex full-matched against each param's name; matching params (never embedding
+    # tables) are decayed. null decays every param.
+    decay_params: str | None = "kernel"
+    embedding: EmbeddingOptimConfig = dataclasses.field(default_factory=EmbeddingOptimConfig)
+
+    def __post_init__(self):
+        if isinstance(self.embedding, Mapping):
+            fields = {f.name for f in dataclasses.fields(EmbeddingOptimConfig)}
+            unknown = set(self.embedding) - fields
+            if unknown:
+                raise ValueError(f"unknown optim.embedding keys {sorted(unknown)}; "
+                                 f"valid: {sorted(fields)}")
+            self.embedding = EmbeddingOptimConfig(**self.embedding)
 
 
+# ------------------------------------------------------------------------------ param groups
+def _is_box(x) -> bool:
+    return isinstance(x, nn.LogicallyPartitioned)
+
+
+def param_name(path) -> str:
+    """The parameter's own name: the last dict key / attribute of its pytree path."""
+    for key in reversed(path):
+        if isinstance(key, jax.tree_util.DictKey):
+            return str(key.key)
+        if isinstance(key, jax.tree_util.GetAttrKey) and key.name != "value":
+            return key.name
+    return ""
+
+
+def _compile(pattern: str, key: str) -> re.Pattern:
+    try:
+        return re.compile(pattern)
+    except re.error as e:
+        raise ValueError(f"{key}={pattern!r} is not a valid regular expression: {e}") from None
+
+
+def _map_names(fn: Callable[[str], Any], params):
+    """``fn(param_name)`` for each param; boxed (logically partitioned) params count as one."""
+    return jax.tree_util.tree_map_with_path(lambda p, _: fn(param_name(p)), params,
+                                            is_leaf=_is_box)
+
+
+def embedding_labels(pattern: str = "embedding") -> Callable:
+    """Params -> pytree of ``"embedding"`` (name matches ``pattern``) or ``"default"``."""
+    rx = _compile(pattern, "optim.embedding.params")
+    return lambda params: _map_names(
+        lambda n: "embedding" if rx.fullmatch(n) else "default", params)
+
+
+def decay_mask(decay_pattern: str = "kernel", embedding_pattern: str = "embedding") -> Callable:
+    """Params -> pytree of bools: True where weight decay applies (kernels, not tables)."""
+    decay = _compile(decay_pattern, "optim.decay_params")
+    table = _compile(embedding_pattern, "optim.embedding.params")
+    return lambda params: _map_names(
+        lambda n: bool(decay.fullmatch(n)) and not table.fullmatch(n), params)
+
+
+# --------------------------------------------------------------------------- row-wise Adagrad
+class ScaleByRowwiseAdagradState(NamedTuple):
+    sum_of_squares: optax.Updates  # per param: one float32 accumulator per row, shape [rows]
+
+
+def _row_accumulator(value: float):
+    def make(p):
+        if _is_box(p):  # keep the row axis' logical name so the state shards like the rows
+            return p.replace(value=make(p.value), names=p.names[:1])
+        if p.ndim < 2:
+            raise ValueError(f"row-wise Adagrad needs tables of shape [rows, ...], got a param of "
+                             f"shape {p.shape}; check optim.embedding.params")
+        return jnp.full(p.shape[:1], value, jnp.float32)
+    return make
+
+
+def scale_by_rowwise_adagrad(initial_accumulator_value: float = 0.0,
+                             eps: float = 1e-8) -> optax.GradientTransformation:
+    """Adagrad with one accumulator per table row (FBGEMM's EXACT_ROWWISE_ADAGRAD).
+
+    ``acc[r] += mean_j g[r, j]**2``; ``update[r] = g[r] / (sqrt(acc[r]) + eps)``. Rows with zero
+    gradient (not looked up in the batch) keep their accumulator and do not move.
+    """
+    def init_fn(params):
+        return ScaleByRowwiseAdagradState(
+            jax.tree.map(_row_accumulator(initial_accumulator_value), params, is_leaf=_is_box))
+
+    def update_fn(updates, state, params=None):
+        del params
+        acc = jax.tree.map(
+            lambda g, a: a + jnp.mean(jnp.square(g.astype(jnp.float32)),
+                                      axis=tuple(range(1, g.ndim))),
+            updates, state.sum_of_squares)
+        updates = jax.tree.map(
+            lambda g, a: (g / (jnp.sqrt(a) + eps).reshape(a.shape + (1,) * (g.ndim - 1))
+                          ).astype(g.dtype),
+            updates, acc)
+        return updates, ScaleByRowwiseAdagradState(acc)
+
+    return optax.GradientTransformation(init_fn, update_fn)
+
+
+def rowwise_adagrad(learning_rate: optax.ScalarOrSchedule, initial_accumulator_value: float = 0.0,
+                    eps: float = 1e-8) -> optax.GradientTransformation:
+    """Row-wise Adagrad step: ``p[r] -= lr * g[r] / (sqrt(acc[r]) + eps)``."""
+    return optax.chain(scale_by_rowwise_adagrad(initial_accumulator_value, eps),
+                       optax.scale_by_learning_rate(learning_rate))
+
+
+# ---------------------------------------------------------------------------------- builders
 def make_schedule(cfg: OptimConfig, total_steps: int) -> optax.Schedule:
     if cfg.schedule == "constant":
         if cfg.warmup_steps:
@@ -35,16 +169,37 @@ def make_schedule(cfg: OptimConfig, total_steps: int) -> optax.Schedule:
     raise ValueError(f"optim.schedule={cfg.schedule!r}; valid choices: 'cosine', 'constant'")
 
 
+def _embedding_optimizer(cfg: OptimConfig, total_steps: int) -> optax.GradientTransformation:
+    emb = cfg.embedding
+    schedule = make_schedule(dataclasses.replace(cfg, lr=emb.lr), total_steps)
+    if emb.name == "rowwise_adagrad":
+        return rowwise_adagrad(schedule, emb.initial_accumulator_value, emb.eps)
+    if emb.name == "adagrad":
+        return optax.adagrad(schedule, emb.initial_accumulator_value, emb.eps)
+    if emb.name == "adam":
+        return optax.adam(schedule, b1=cfg.b1, b2=cfg.b2)
+    if emb.name == "sgd":
+        return optax.sgd(schedule)
+    raise ValueError(f"optim.embedding.name={emb.name!r}; valid choices: null, "
+                     + ", ".join(repr(n) for n in EMBEDDING_OPTIMIZERS))
+
+
 def make_optimizer(cfg: OptimConfig, total_steps: int):
-    """Returns ``(tx, schedule)``."""
+    """Returns ``(tx, schedule)``; ``schedule`` is the main (non-embedding) learning rate."""
     schedule = make_schedule(cfg, total_steps)
     if cfg.name == "adamw":
-        core = optax.adamw(schedule, b1=cfg.b1, b2=cfg.b2, weight_decay=cfg.weight_decay)
+        mask = (None if cfg.decay_params is None
+                else decay_mask(cfg.decay_params, cfg.embedding.params))
+        core = optax.adamw(schedule, b1=cfg.b1, b2=cfg.b2, weight_decay=cfg.weight_decay, mask=mask)
     elif cfg.name == "adam":
         core = optax.adam(schedule, b1=cfg.b1, b2=cfg.b2)
     elif cfg.name == "sgd":
         core = optax.sgd(schedule, momentum=cfg.momentum)
     else:
         raise ValueError(f"optim.name={cfg.name!r}; valid choices: 'adamw', 'adam', 'sgd'")
+    if cfg.embedding.name is not None:
+        core = optax.multi_transform(
+            {"default": core, "embedding": _embedding_optimizer(cfg, total_steps)},
+            embedding_labels(cfg.embedding.params))
     parts = [optax.clip_by_global_norm(cfg.clip_norm)] if cfg.clip_norm else []
     return optax.chain(*parts, core), schedule

@@ -21,7 +21,7 @@ from jax.experimental import multihost_utils
 from tqdm.auto import tqdm
 
 from mlsd_jax import sharding as shd
-from mlsd_jax.tasks.base import Task
+from mlsd_jax.tasks.base import Task, init_variables, run_forward, split_loss
 from mlsd_jax.training.checkpoint import Checkpoints, abstract_with_shardings
 from mlsd_jax.training.optim import OptimConfig, make_optimizer
 from mlsd_jax.training.state import TrainState
@@ -46,11 +46,9 @@ class TrainerConfig:
     progress: bool = True
 
 
-SPLIT_PREFIX = {"test": "eval", "valid": "valid", "train": "train"}
-
-
 def metric_key(split: str, name: str) -> str:
-    return f"{SPLIT_PREFIX.get(split, split)}/{name}"
+    """``valid/ndcg@10``, ``test/auc``: every metric names the split it was measured on."""
+    return f"{split}/{name}"
 
 
 @dataclasses.dataclass
@@ -88,12 +86,12 @@ class Trainer:
     # ----------------------------------------------------------------------------- state setup
     def _init_fn(self, rng):
         task = self.task
+        consts = jax.tree.map(jnp.asarray, task.consts)
         example = {k: jnp.asarray(v[:1]) for k, v in task.inputs(task.example_batch).items()}
-        variables = task.model.init({"params": rng, "dropout": rng}, **example, train=False)
-        params = variables["params"]
-        return TrainState(step=jnp.zeros((), jnp.int32), params=params,
-                          opt_state=self.tx.init(params),
-                          consts=jax.tree.map(jnp.asarray, task.consts), tx=self.tx)
+        variables = init_variables(task.model, task.forward, consts, example, rng)
+        params = variables.pop("params")
+        return TrainState(step=jnp.zeros((), jnp.int32), params=params, model_state=variables,
+                          opt_state=self.tx.init(params), consts=consts, tx=self.tx)
 
     def _setup_state(self) -> None:
         boxed = jax.eval_shape(self._init_fn, jax.random.key(0))
@@ -106,161 +104,219 @@ class Trainer:
         return self._jit_init(jax.random.key(self.cfg.seed if seed is None else seed))
 
     # ---------------------------------------------------------------------------------- steps
+    def _train_step(self, state: TrainState, batch, rng):
+        task = self.task
+        rng = jax.random.fold_in(rng, state.step)
+
+        def loss_fn(params):
+            outputs, model_state = run_forward(
+                task.model, task.forward, {"params": params, **state.model_state}, state.consts,
+                task.inputs(batch), train=True, rng=rng)
+            loss, aux = split_loss(task.loss_fn(outputs, batch))
+            return loss, (aux, model_state)
+
+        (loss, (aux, model_state)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
+        updates, opt_state = self.tx.update(grads, state.opt_state, state.params)
+        params = optax.apply_updates(state.params, updates)
+        metrics = {"train/loss": loss, "train/grad_norm": optax.global_norm(grads),
+                   "train/lr": self.schedule(state.step),
+                   **{f"train/{k}": v for k, v in aux.items()}}
+        new_state = state.replace(step=state.step + 1, params=params, model_state=model_state,
+                                  opt_state=opt_state)
+        return new_state, metrics
+
+    def _eval_step(self, variables, consts, batch):
+        task = self.task
+        outputs, _ = run_forward(task.model, task.forward, variables, consts, task.inputs(batch),
+                                 train=False)
+        weights = task.example_weight(batch)
+        return {name: m.update(outputs, batch, weights) for name, m in task.metrics.items()}
+
     def _setup_steps(self) -> None:
-        task, tx, schedule = self.task, self.tx, self.schedule
-
-        def train_step(state: TrainState, batch, rng):
-            rng = jax.random.fold_in(rng, state.step)
-
-            def loss_fn(params):
-                out = task.forward(task.model, params, state.consts, task.inputs(batch),
-                                   train=True, rng=rng)
-                return task.loss_fn(out, batch)
-
-            loss, grads = jax.value_and_grad(loss_fn)(state.params)
-            updates, opt_state = tx.update(grads, state.opt_state, state.params)
-            params = optax.apply_updates(state.params, updates)
-            metrics = {"train/loss": loss, "train/grad_norm": optax.global_norm(grads),
-                       "train/lr": schedule(state.step)}
-            return state.replace(step=state.step + 1, params=params, opt_state=opt_state), metrics
-
-        def eval_step(params, consts, batch):
-            out = task.forward(task.model, params, consts, task.inputs(batch), train=False, rng=None)
-            values = {k: fn(out, batch) for k, fn in task.metric_fns.items()}
-            return values, task.example_weight(batch)
-
         batch_sh = {k: shd.batch_sharding(self.mesh, self.rules, np.ndim(v))
-                    for k, v in task.example_batch.items()}
+                    for k, v in self.task.example_batch.items()}
         repl = shd.replicated(self.mesh)
         self.batch_shardings = batch_sh
-        self.train_step = jax.jit(train_step, in_shardings=(self.state_shardings, batch_sh, repl),
+        self.train_step = jax.jit(self._train_step,
+                                  in_shardings=(self.state_shardings, batch_sh, repl),
                                   out_shardings=(self.state_shardings, repl), donate_argnums=(0,))
-        self.eval_step = jax.jit(eval_step)
+        self.eval_step = jax.jit(self._eval_step)
 
     def put_batch(self, batch) -> dict:
         return shd.shard_batch(batch, self.mesh, self.rules)
 
     # ----------------------------------------------------------------------------- evaluation
-    def evaluate(self, state: TrainState, batches: Iterable[Mapping[str, np.ndarray]],
-                 prefix: str) -> dict[str, float]:
-        """Exact means over a whole split: per-example values are summed on the host."""
-        sums: dict[str, float] = collections.defaultdict(float)
-        count = 0.0
+    def evaluate(self, state: TrainState, split: str) -> dict[str, float]:
+        """The task's metrics over the whole ``split``, keyed ``<split>/<name>``."""
+        if self.task.evaluator is not None:
+            values = self.task.evaluator(self, state, split)
+        else:
+            values = self.evaluate_batches(state, self.task.eval_splits[split]())
+        return {metric_key(split, k): float(v) for k, v in values.items()}
+
+    def evaluate_batches(self, state: TrainState, batches: Iterable[Mapping[str, np.ndarray]]
+                         ) -> dict[str, float]:
+        """Merges each metric's per-batch state on the host, then computes it once."""
+        metrics = self.task.metrics
+        acc: dict = {name: None for name in metrics}
+        variables = state.variables
         for batch in batches:
-            values, weight = self.eval_step(state.params, state.consts, self.put_batch(batch))
-            values, weight = _to_host((values, weight))
-            count += float(weight.sum())
-            for k, v in values.items():
-                sums[k] += float((np.asarray(v, np.float64) * weight).sum())
-        return {f"{prefix}/{k}": (s / count if count else 0.0) for k, s in sums.items()}
+            states = _to_host(self.eval_step(variables, state.consts, self.put_batch(batch)))
+            for name, m in metrics.items():
+                acc[name] = m.merge(acc[name], states[name])
+        out: dict[str, float] = {}
+        for name, m in metrics.items():
+            if acc[name] is None:
+                raise ValueError(f"metric {name!r}: the split had no batches")
+            value = m.compute(acc[name])
+            if isinstance(value, Mapping):  # one accumulator, several numbers (curves, per class)
+                out.update({f"{name}/{k}": float(v) for k, v in value.items()})
+            else:
+                out[name] = float(value)
+        return out
 
     # ----------------------------------------------------------------------------------- loop
+    def _restore_or_init(self, ckpt: Checkpoints) -> tuple[TrainState, dict]:
+        restored = ckpt.restore_latest(self.abstract_state)
+        if restored is None:
+            return self.init_state(), {}
+        state, meta = restored
+        tqdm.write(f"resumed from {ckpt.directory / 'latest'} at step {int(state.step)}")
+        return state, meta
+
     def fit(self, workdir: str | Path, logger=None) -> FitResult:
+        """Trains to ``max_steps`` (or early stop), then evaluates the best state on every split.
+
+        Model selection (early stopping, the best checkpoint, the returned ``best_metric``)
+        reads ``trainer.eval_split`` (validation) only; the test split is evaluated once, at
+        the end, on the state that validation chose.
+        """
         cfg, task = self.cfg, self.task
         workdir = Path(workdir).absolute()
         target = metric_key(cfg.eval_split, task.target_metric)
         ckpt = Checkpoints(workdir / "checkpoints", keep=cfg.keep_checkpoints, metric=target,
                            mode=task.target_mode)
-        timings: dict[str, float] = {}
-        better = (lambda a, b: a > b) if task.target_mode == "max" else (lambda a, b: a < b)
-
         t0 = time.perf_counter()
-        restored = ckpt.restore_latest(self.abstract_state)
-        if restored is not None:
-            state, meta = restored
-            tqdm.write(f"resumed from {ckpt.directory / 'latest'} at step {int(state.step)}")
-        else:
-            state, meta = self.init_state(), {}
-        best_metric = meta.get("best_metric")
-        best_step = meta.get("best_step")
-        bad_evals = int(meta.get("bad_evals", 0))
-        stopped_early = bool(meta.get("stopped_early", False))
-        timings["setup_s"] = time.perf_counter() - t0
+        state, meta = self._restore_or_init(ckpt)
+        loop = _Loop(self, ckpt, logger, target, meta)
+        loop.timings["setup_s"] = time.perf_counter() - t0
+        state = loop.run(state)
 
-        start = int(state.step)
-        rng = jax.device_put(jax.random.key(cfg.seed), shd.replicated(self.mesh))
-        batches = task.train_batches(cfg.seed, start)
-        in_flight: collections.deque = collections.deque()
-        log_acc: dict[str, list] = collections.defaultdict(list)
-        train_time, eval_time, compile_s = 0.0, 0.0, None
-        bar = tqdm(total=cfg.max_steps, initial=start, desc=f"{task.name}: train",
-                   disable=not cfg.progress or jax.process_index() != 0, dynamic_ncols=True)
-        step = start
-        try:
-            while step < cfg.max_steps and not stopped_early:
-                t = time.perf_counter()
-                batch = self.put_batch(next(batches))
-                state, metrics = self.train_step(state, batch, rng)
-                step += 1
-                in_flight.append(metrics)
-                if compile_s is None:
-                    jax.block_until_ready(metrics)
-                    compile_s = time.perf_counter() - t
-                # Bound the steps dispatched ahead of the host (CPU collectives can deadlock).
-                while len(in_flight) >= self.max_in_flight:
-                    for k, v in _to_host(in_flight.popleft()).items():
-                        log_acc[k].append(float(v))
-                train_time += time.perf_counter() - t
-                bar.update(1)
-                if step % cfg.log_every == 0 or step == cfg.max_steps:
-                    while in_flight:
-                        for k, v in _to_host(in_flight.popleft()).items():
-                            log_acc[k].append(float(v))
-                    means = {k: float(np.mean(v)) for k, v in log_acc.items()}
-                    log_acc.clear()
-                    if logger:
-                        logger.log(step, means)
-                    bar.set_postfix(loss=f"{means['train/loss']:.4f}",
-                                    **({target: f"{best_metric:.4f}"} if best_metric is not None else {}))
-                is_eval = cfg.eval_every and (step % cfg.eval_every == 0 or step == cfg.max_steps)
-                if is_eval:
-                    te = time.perf_counter()
-                    evals = self.evaluate(state, task.eval_splits[cfg.eval_split](),
-                                          SPLIT_PREFIX.get(cfg.eval_split, cfg.eval_split))
-                    eval_time += time.perf_counter() - te
-                    if logger:
-                        logger.log(step, evals)
-                    value = evals[target]
-                    if best_metric is None or better(value, best_metric):
-                        best_metric, best_step, bad_evals = value, step, 0
-                        ckpt.save_best(step, state, {"step": step}, evals)
-                    else:
-                        bad_evals += 1
-                    if cfg.patience and bad_evals >= cfg.patience:
-                        stopped_early = True
-                        tqdm.write(f"early stop at step {step}: {target} has not improved for "
-                                   f"{bad_evals} evaluations (best {best_metric:.4f} at step {best_step})")
-                every = cfg.checkpoint_every or cfg.eval_every or cfg.max_steps
-                if step % every == 0 or step == cfg.max_steps or stopped_early:
-                    ckpt.save(step, state, {"best_metric": best_metric, "best_step": best_step,
-                                            "bad_evals": bad_evals, "stopped_early": stopped_early})
-        finally:
-            bar.close()
-        timings.update(train_s=train_time, valid_eval_s=eval_time, first_step_s=compile_s or 0.0)
-        steps_run = step - start
-        if steps_run > 1 and compile_s is not None:
-            timings["steps_per_s"] = (steps_run - 1) / max(train_time - compile_s, 1e-9)
-
-        # Final evaluation of the best state on whole splits.
         best = ckpt.restore_best(self.abstract_state)
         final_state = best[0] if best is not None else state
         te = time.perf_counter()
         metrics: dict[str, float] = {}
         for split in cfg.final_splits:
             if split in task.eval_splits:
-                metrics.update(self.evaluate(final_state, task.eval_splits[split](),
-                                             SPLIT_PREFIX.get(split, split)))
-        timings["final_eval_s"] = time.perf_counter() - te
-        if logger:  # the validation split's curve is already logged: its final values go as best/
-            prefix = SPLIT_PREFIX.get(cfg.eval_split, cfg.eval_split) + "/"
-            logger.log(step, {("best/" + k if k.startswith(prefix) else k): v
-                              for k, v in metrics.items()})
-        best_dir = ckpt.best.directory / str(best_step) if best_step is not None else None
+                metrics.update(self.evaluate(final_state, split))
+        loop.timings["final_eval_s"] = time.perf_counter() - te
+        if logger:  # the validation curve is already logged: its final values go as best/
+            prefix = cfg.eval_split + "/"
+            logger.log(loop.step, {("best/" + k if k.startswith(prefix) else k): v
+                                   for k, v in metrics.items()})
+        best_dir = ckpt.best.directory / str(loop.best_step) if loop.best_step is not None else None
         ckpt.close()
-        return FitResult(state=final_state, metrics=metrics, best_step=best_step,
-                         best_metric=best_metric, steps_run=steps_run, stopped_early=stopped_early,
-                         timings=timings, checkpoint_dir=str(ckpt.directory),
+        return FitResult(state=final_state, metrics=metrics, best_step=loop.best_step,
+                         best_metric=loop.best_metric, steps_run=loop.step - loop.start,
+                         stopped_early=loop.stopped_early, timings=loop.timings,
+                         checkpoint_dir=str(ckpt.directory),
                          best_checkpoint=str(best_dir) if best_dir else None)
+
+
+class _Loop:
+    """The training loop's side effects: dispatch, logging, evaluation, checkpoints, stopping."""
+
+    def __init__(self, trainer: Trainer, ckpt: Checkpoints, logger, target: str, meta: dict):
+        self.trainer, self.ckpt, self.logger, self.target = trainer, ckpt, logger, target
+        self.cfg, self.task = trainer.cfg, trainer.task
+        self.best_metric = meta.get("best_metric")
+        self.best_step = meta.get("best_step")
+        self.bad_evals = int(meta.get("bad_evals", 0))
+        self.stopped_early = bool(meta.get("stopped_early", False))
+        self.timings: dict[str, float] = {}
+        self.in_flight: collections.deque = collections.deque()
+        self.log_acc: dict[str, list] = collections.defaultdict(list)
+        self.step = self.start = 0
+
+    def _better(self, value: float) -> bool:
+        if self.best_metric is None:
+            return True
+        if self.task.target_mode == "max":
+            return value > self.best_metric
+        return value < self.best_metric
+
+    def _drain(self, keep: int) -> None:
+        while len(self.in_flight) > keep:
+            for k, v in _to_host(self.in_flight.popleft()).items():
+                self.log_acc[k].append(float(v))
+
+    def _log_train(self, bar) -> None:
+        self._drain(0)
+        means = {k: float(np.mean(v)) for k, v in self.log_acc.items()}
+        self.log_acc.clear()
+        if self.logger:
+            self.logger.log(self.step, means)
+        best = {self.target: f"{self.best_metric:.4f}"} if self.best_metric is not None else {}
+        bar.set_postfix(loss=f"{means['train/loss']:.4f}", **best)
+
+    def _evaluate(self, state) -> None:
+        cfg = self.cfg
+        evals = self.trainer.evaluate(state, cfg.eval_split)
+        if self.logger:
+            self.logger.log(self.step, evals)
+        value = evals[self.target]
+        if self._better(value):
+            self.best_metric, self.best_step, self.bad_evals = value, self.step, 0
+            self.ckpt.save_best(self.step, state, {"step": self.step}, evals)
+        else:
+            self.bad_evals += 1
+        if cfg.patience and self.bad_evals >= cfg.patience:
+            self.stopped_early = True
+            tqdm.write(f"early stop at step {self.step}: {self.target} has not improved for "
+                       f"{self.bad_evals} evaluations (best {self.best_metric:.4f} at step "
+                       f"{self.best_step})")
+
+    def run(self, state: TrainState) -> TrainState:
+        cfg, trainer = self.cfg, self.trainer
+        self.step = self.start = int(state.step)
+        rng = jax.device_put(jax.random.key(cfg.seed), shd.replicated(trainer.mesh))
+        batches = self.task.train_batches(cfg.seed, self.start)
+        max_in_flight = trainer.max_in_flight
+        train_time, eval_time, compile_s = 0.0, 0.0, None
+        bar = tqdm(total=cfg.max_steps, initial=self.start, desc=f"{self.task.name}: train",
+                   disable=not cfg.progress or jax.process_index() != 0, dynamic_ncols=True)
+        try:
+            while self.step < cfg.max_steps and not self.stopped_early:
+                t = time.perf_counter()
+                state, metrics = trainer.train_step(state, trainer.put_batch(next(batches)), rng)
+                self.step += 1
+                self.in_flight.append(metrics)
+                if compile_s is None:
+                    jax.block_until_ready(metrics)
+                    compile_s = time.perf_counter() - t
+                self._drain(max_in_flight - 1)  # bound the steps dispatched ahead of the host
+                train_time += time.perf_counter() - t
+                bar.update(1)
+                last = self.step == cfg.max_steps
+                if self.step % cfg.log_every == 0 or last:
+                    self._log_train(bar)
+                if cfg.eval_every and (self.step % cfg.eval_every == 0 or last):
+                    te = time.perf_counter()
+                    self._evaluate(state)
+                    eval_time += time.perf_counter() - te
+                every = cfg.checkpoint_every or cfg.eval_every or cfg.max_steps
+                if self.step % every == 0 or last or self.stopped_early:
+                    self.ckpt.save(self.step, state, {
+                        "best_metric": self.best_metric, "best_step": self.best_step,
+                        "bad_evals": self.bad_evals, "stopped_early": self.stopped_early})
+        finally:
+            bar.close()
+        self.timings.update(train_s=train_time, valid_eval_s=eval_time,
+                            first_step_s=compile_s or 0.0)
+        steps_run = self.step - self.start
+        if steps_run > 1 and compile_s is not None:
+            self.timings["steps_per_s"] = (steps_run - 1) / max(train_time - compile_s, 1e-9)
+        return state
 
 
 def _to_host(tree):

