@@ -15,6 +15,7 @@ CORE = [
     "numpy>=1.26,<3",
     "pyarrow>=15",
     "tqdm>=4.66",
+    "pyfarmhash>=0.4",
 ]
 EXPORT = ["tensorflow-cpu>=2.21,<2.22"]
 TEST = [
@@ -23,8 +24,10 @@ TEST = [
     "ipykernel>=6",
     "matplotlib>=3.8",
     "portpicker>=1.6",
+    "scikit-learn>=1.5",
+    "hypothesis>=6.100",
 ]
-BENCH = ["lightgbm>=4.5,<5", "matplotlib>=3.8"]
+BENCH = ["lightgbm>=4.5,<5", "matplotlib>=3.8", "scikit-learn>=1.5"]
 
 setup(
     name="mlsd_jax",

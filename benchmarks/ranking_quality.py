@@ -33,9 +33,9 @@ METRICS = ["ndcg@1", "ndcg@3", "ndcg@5", "ndcg@10", "mrr", "map"]
 
 # Our configurations: (label, overrides). Dataset-specific settings come from the configs.
 OURS = [
-    ("attn_ranker + lambdarank", ["model=attn_ranker", "loss=lambdarank"]),
-    ("attn_ranker + softmax", ["model=attn_ranker", "loss=softmax"]),
-    ("mlp_ranker + lambdarank", ["model=mlp_ranker", "loss=lambdarank"]),
+    ("attn_ranker + lambdarank", ["ranking/model=attn_ranker", "ranking/loss=lambdarank"]),
+    ("attn_ranker + softmax", ["ranking/model=attn_ranker", "ranking/loss=softmax"]),
+    ("mlp_ranker + lambdarank", ["ranking/model=mlp_ranker", "ranking/loss=lambdarank"]),
 ]
 
 
@@ -56,7 +56,7 @@ def evaluate_scores(store, scores_per_query) -> dict[str, float]:
     for i, s in enumerate(scores_per_query):
         n = len(s)
         scores[i, :n], labels[i, :n], mask[i, :n] = s, store.query(i)[1], True
-    return {f"eval/{m}": float(ranking_metric(m)(jnp.asarray(scores), jnp.asarray(labels),
+    return {f"test/{m}": float(ranking_metric(m)(jnp.asarray(scores), jnp.asarray(labels),
                                                  where=jnp.asarray(mask)))
             for m in METRICS}
 
@@ -78,8 +78,8 @@ def run_lightgbm(dataset: str, seed: int, queue) -> None:
 
     from omegaconf import OmegaConf
 
-    # The same split as `experiments.run data=<dataset>`: read the data config it would use.
-    data = OmegaConf.load(ROOT / "configs" / "data" / f"{dataset}.yaml")
+    # The same split as `experiments.run ranking/data=<dataset>`: read the data config it would use.
+    data = OmegaConf.load(ROOT / "configs" / "ranking" / "data" / f"{dataset}.yaml")
     splits = load_ranking_splits(dataset, num_features=data.num_features,
                                  valid_fraction=data.valid_fraction,
                                  test_fraction=data.test_fraction, seed=data.seed)
@@ -107,14 +107,14 @@ def run_lightgbm(dataset: str, seed: int, queue) -> None:
 
 def run_ours(dataset: str, label: str, overrides: list[str], seed: int, workdir: Path) -> dict:
     t0 = time.perf_counter()
-    cmd = [sys.executable, "-m", "experiments.run", "+task=ranking", f"data={dataset}",
+    cmd = [sys.executable, "-m", "experiments.run", "+task=ranking", f"ranking/data={dataset}",
            *overrides, f"seed={seed}", "export.enabled=false", "trainer.progress=false",
            f"hydra.run.dir={workdir}"]
     proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True)
     if proc.returncode:
         raise RuntimeError(f"{' '.join(cmd)} failed:\n{proc.stderr[-3000:]}")
     res = json.loads((workdir / "results.json").read_text())
-    return {"model": label, "metrics": {k: v for k, v in res["metrics"].items() if k.startswith("eval/")},
+    return {"model": label, "metrics": {k: v for k, v in res["metrics"].items() if k.startswith("test/")},
             # Comparable to LightGBM's: setup + training (with validation evals) + final eval.
             "wall_s": sum(res["timings"].get(k, 0.0) for k in
                           ("setup_s", "train_s", "valid_eval_s", "final_eval_s")),
@@ -212,10 +212,10 @@ def to_markdown(report: dict) -> str:
         lines += [f"### {ds} (test split; mean over seeds {sorted({r['seed'] for r in rows})})", "",
                   "| model | " + " | ".join(METRICS) + " | fit s | peak RSS MB | NDCG@10 vs LightGBM |",
                   "|---" * (len(METRICS) + 4) + "|"]
-        lgb = np.mean([r["metrics"]["eval/ndcg@10"] for r in rows if r["model"].startswith("LightGBM")])
+        lgb = np.mean([r["metrics"]["test/ndcg@10"] for r in rows if r["model"].startswith("LightGBM")])
         for m in models:
             rs = [r for r in rows if r["model"] == m]
-            vals = [np.mean([r["metrics"][f"eval/{k}"] for r in rs]) for k in METRICS]
+            vals = [np.mean([r["metrics"][f"test/{k}"] for r in rs]) for k in METRICS]
             wall = np.mean([r["wall_s"] for r in rs])
             rss = np.mean([r.get("peak_rss_mb") or np.nan for r in rs])
             ratio = vals[METRICS.index("ndcg@10")] / lgb if lgb else float("nan")
