@@ -15,8 +15,9 @@ CORE = [
     "numpy>=1.26,<3",
     "pyarrow>=15",
     "tqdm>=4.66",
-    "pyfarmhash>=0.4",
 ]
+# FarmHash in C for hashed features (a pure-Python port of the same hash is used without it).
+FAST = ["pyfarmhash>=0.4"]
 EXPORT = ["tensorflow-cpu>=2.21,<2.22"]
 TEST = [
     "pytest>=8",
@@ -45,6 +46,7 @@ setup(
         "export": EXPORT,
         "test": TEST + EXPORT + BENCH,
         "bench": BENCH,
-        "all": EXPORT + TEST + BENCH,
+        "fast": FAST,
+        "all": EXPORT + TEST + BENCH + FAST,
     },
 )
