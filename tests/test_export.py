@@ -99,3 +99,88 @@ def test_bundle_rejects_wrong_inputs_by_name(exported):
         bundle.predict({"features": np.zeros((1, 3, 136), np.float32)})
     with pytest.raises(ValueError, match="features"):
         bundle.predict({"features": np.zeros((1, 3, 10), np.float32), "mask": np.ones((1, 3), bool)})
+
+
+# ------------------------------------------------- several signatures, independent named dims
+import flax.linen as nn  # noqa: E402
+import jax.numpy as jnp  # noqa: E402
+
+from mlsd_jax.models.embedding import Embedding  # noqa: E402
+from mlsd_jax.tasks.base import Serving, Signature, init_variables  # noqa: E402
+
+
+class TwoTower(nn.Module):
+    """A user tower over a history of item ids and an item tower, sharing one id table."""
+
+    items: int = 50
+    dim: int = 8
+
+    def setup(self):
+        self.table = Embedding(self.items, self.dim)
+
+    def user(self, history, mask):
+        return self.table(history, mask)
+
+    def item(self, ids):
+        return self.table(ids)
+
+    def __call__(self, history, mask, candidates):
+        return jnp.einsum("bd,bcd->bc", self.user(history, mask), self.item(candidates))
+
+
+def two_tower_forward(apply, consts, inputs, *, train=False):
+    return {"scores": apply(inputs["history"], inputs["history_mask"], inputs["candidates"])}
+
+
+def two_tower_serving(cfg, features):
+    ids = lambda *dims: (dims, np.int32)  # noqa: E731
+    return Serving(model=TwoTower(), forward=two_tower_forward, signatures={
+        "serving_default": Signature(
+            inputs={"history": ids("batch", "history"),
+                    "history_mask": (("batch", "history"), np.bool_),
+                    "candidates": ids("batch", "candidates")},
+            outputs={"scores": "float32 [batch, candidates]"},
+            predict=lambda apply, c, x: two_tower_forward(apply, c, x)),
+        "user": Signature(
+            inputs={"history": ids("batch", "history"),
+                    "history_mask": (("batch", "history"), np.bool_)},
+            outputs={"user": "float32 [batch, 8]"},
+            predict=lambda apply, c, x: {"user": apply(x["history"], x["history_mask"],
+                                                       method="user")}),
+        "item": Signature(inputs={"ids": ids("items")}, outputs={"item": "float32 [items, 8]"},
+                          predict=lambda apply, c, x: {"item": apply(x["ids"], method="item")}),
+    })
+
+
+def test_several_signatures_with_independent_named_dims(exported, tmp_path):
+    import dataclasses
+    from types import SimpleNamespace
+
+    task = exported[0]
+    srv = two_tower_serving({}, None)
+    rng = np.random.default_rng(0)
+    examples = {
+        "serving_default": {"history": rng.integers(0, 50, (2, 7)).astype(np.int32),
+                            "history_mask": rng.random((2, 7)) < 0.7,
+                            "candidates": rng.integers(0, 50, (2, 3)).astype(np.int32)},
+        "user": {"history": rng.integers(0, 50, (4, 5)).astype(np.int32),
+                 "history_mask": np.ones((4, 5), bool)},
+        "item": {"ids": np.arange(11, dtype=np.int32)},
+    }
+    two = dataclasses.replace(task, name="two_tower", model=srv.model, forward=srv.forward,
+                              signatures=srv.signatures,
+                              serving="tests.test_export:two_tower_serving",
+                              serving_examples=examples, features=None)
+    variables = init_variables(srv.model, srv.forward, {}, examples["serving_default"],
+                               jax.random.key(0))
+    path = export_model(two, SimpleNamespace(variables=variables, consts={}), tmp_path)
+    bundle = load_bundle(path)
+    # A history of 7 with 3 candidates: the two free lengths are separate symbols.
+    got = saved_model_predict(path, examples["serving_default"])["scores"]
+    assert got.shape == (2, 3)
+    np.testing.assert_allclose(got, bundle.predict(examples["serving_default"])["scores"],
+                               rtol=1e-5, atol=1e-6)
+    user = saved_model_predict(path, examples["user"], "user")["user"]
+    item = saved_model_predict(path, examples["item"], "item")["item"]
+    assert user.shape == (4, 8) and item.shape == (11, 8)
+    np.testing.assert_allclose(item, bundle.predict(examples["item"], "item")["item"], atol=1e-6)

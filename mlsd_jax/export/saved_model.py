@@ -91,7 +91,9 @@ def export_model(task, state, base_dir: str | Path, *, version: int | None = Non
     if final.exists():
         raise FileExistsError(f"{final} exists; pick another version or remove it")
     tmp = base_dir / f".tmp-{version}-{uuid.uuid4().hex[:8]}"
-    variables = jax.tree.map(np.asarray, jax.device_get(state.variables))
+    from flax.linen import meta
+
+    variables = jax.tree.map(np.asarray, jax.device_get(meta.unbox(state.variables)))
     consts = jax.tree.map(np.asarray, jax.device_get(state.consts))
     try:
         module = tf.Module()
