@@ -1,24 +1,45 @@
-"""Hydra entry point: ``python -m experiments.run +task=ranking [overrides...]``.
+"""Hydra entry point: ``python -m experiments.run +task=NAME [overrides...]``.
 
 Examples:
   python -m experiments.run +task=ranking
-  python -m experiments.run +task=ranking model=mlp_ranker loss=softmax optim.lr=3e-4
-  python -m experiments.run +task=ranking data=bio_kddcup04 trainer.max_steps=2000
+  python -m experiments.run +task=ranking ranking/model=mlp_ranker ranking/loss=softmax optim.lr=3e-4
+  python -m experiments.run +task=ranking ranking/data=bio_kddcup04 trainer.max_steps=2000
   python -m experiments.run +task=ranking data.path=/data/MSLR-WEB30K/Fold1
+  python -m experiments.run +task=tabular debug=fast
   python -m experiments.run +task=ranking hydra.run.dir=outputs/my_run   # rerun resumes
+
+Errors a user can cause (bad settings or data, a run dir of another run, a diverged run) print
+one line and exit with status 2; ``HYDRA_FULL_ERROR=1`` shows the traceback instead.
 """
 from __future__ import annotations
 
+import os
+import sys
+
 import hydra
 from omegaconf import DictConfig
+from omegaconf.errors import OmegaConfBaseException
 
+from mlsd_jax.data.fetch import DatasetFetchError
+from mlsd_jax.errors import UserError
 from mlsd_jax.experiment import config_dir, run
+
+# Raised for what a user controls: settings, files and data. Bugs raise other types.
+USER_ERRORS = (UserError, OmegaConfBaseException, DatasetFetchError, FileNotFoundError, KeyError,
+               ValueError)
 
 
 @hydra.main(version_base="1.3", config_path=config_dir(), config_name="config")
 def main(cfg: DictConfig) -> float | None:
     """Returns the *validation* objective (what a Hydra sweeper optimises), never a test metric."""
-    return run(cfg)["objective"]["value"]
+    try:
+        return run(cfg)["objective"]["value"]
+    except USER_ERRORS as e:
+        if os.environ.get("HYDRA_FULL_ERROR") == "1":
+            raise
+        message = str(e.args[0]) if isinstance(e, KeyError) and e.args else str(e)
+        print(f"error: {message.strip()}", file=sys.stderr, flush=True)
+        sys.exit(2)
 
 
 if __name__ == "__main__":

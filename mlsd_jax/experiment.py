@@ -66,7 +66,7 @@ def apply_debug(cfg: DictConfig, overrides: Sequence[str] = ()) -> DictConfig:
     overlay = cfg.get("debug")
     if not overlay:
         return cfg
-    task_overlay = (cfg.get("task") or {}).get("debug") or {}
+    task_overlay = _known_keys(cfg, (cfg.get("task") or {}).get("debug") or {})
     explicit = {}
     for item in overrides:
         key = item.split("=", 1)[0].lstrip("+~")
@@ -81,6 +81,20 @@ def apply_debug(cfg: DictConfig, overrides: Sequence[str] = ()) -> DictConfig:
     with open_dict(merged):
         merged.debug = {**OmegaConf.to_container(overlay, resolve=True), "applied": True}
     return merged
+
+
+def _known_keys(cfg, overlay):
+    """The part of ``overlay`` whose keys exist in ``cfg`` (a task's debug node shrinks the
+    model it was written for; another model selected on the command line keeps its own)."""
+    out = {}
+    for key, value in (overlay.items() if overlay else []):
+        if key not in cfg:
+            continue
+        if OmegaConf.is_dict(value) and OmegaConf.is_dict(cfg[key]):
+            out[key] = _known_keys(cfg[key], value)
+        else:
+            out[key] = value
+    return out
 
 
 def _command_line_overrides() -> list[str]:

@@ -156,3 +156,19 @@ def test_loss_aux_is_logged(tmp_path):
     assert any("train/positive_rate_pred" in r for r in rows)
     card = json.loads((tmp_path / "results.json").read_text())
     assert card["objective"]["name"] == "valid/auc"
+
+
+def test_a_task_evaluator_replaces_the_metric_loop(tmp_path):
+    """E.g. retrieval: encode the catalogue once per evaluation instead of per batch."""
+    cfg = compose_config(["+task=ranking", "trainer.max_steps=2", "trainer.eval_every=2"])
+    seen = []
+
+    def evaluator(trainer, state, split):
+        seen.append((split, int(state.step)))
+        default = trainer.evaluate_batches(state, trainer.task.eval_splits[split]())
+        return {**default, "catalogue_size": 42.0}
+
+    task = dataclasses.replace(tasks.build(cfg), evaluator=evaluator)
+    fit = make_trainer(cfg, task).fit(tmp_path)
+    assert ("valid", 2) in seen and ("test", 2) in seen
+    assert fit.metrics["test/catalogue_size"] == 42.0 and "valid/ndcg@10" in fit.metrics

@@ -92,10 +92,11 @@ def test_checksum_mismatch_names_both_hashes(tmp_path, monkeypatch):
         fetch_packaged(bad)
     msg = str(ei.value)
     assert ei.value.reason == "checksum"
-    assert "0" * 64 in msg and MSLR_SAMPLE_TRAIN.sha256 in msg
+    assert "0" * 64 in msg and MSLR_SAMPLE_TRAIN.sha256 in msg and "rankeval-0.8.2.tar.gz" in msg
     assert "rankeval" in msg and "0.8.2" in msg and "pypi" in msg and "pip download" in msg
     assert str(tmp_path / "cache") in msg
     assert not list((tmp_path / "cache" / "packages").glob("rankeval-0.8.2/**/*.txt"))
+    assert not list((tmp_path / "cache" / "packages").glob("rankeval-0.8.2/.archive/*"))  # nothing downloaded
 
 
 def test_missing_client_is_explained(tmp_path, monkeypatch):
@@ -155,12 +156,17 @@ def test_deb_archive_member_extraction(tmp_path, monkeypatch):
     assert fetch_packaged(spec) == out
 
 
-def test_pip_failure_falls_back_to_registry_json_api(tmp_path, monkeypatch):
-    """pip can fail on an old sdist (or find nothing); the JSON API then supplies the same file."""
+def test_pypi_archive_is_fetched_directly_without_the_client(tmp_path, monkeypatch, capfd):
+    """The exact file the index lists with the recorded sha256 is downloaded; pip is not run
+    (``pip download --no-binary`` of an old sdist builds its dependencies to read metadata)."""
     monkeypatch.setenv("MLSD_JAX_CACHE", str(tmp_path / "cache"))
-    monkeypatch.setenv("PIP_NO_INDEX", "1")
-    monkeypatch.setenv("PIP_FIND_LINKS", str(tmp_path / "no-links"))
+
+    def no_client(cmd, cwd):
+        raise AssertionError(f"the registry client ran: {cmd}")
+
+    monkeypatch.setattr(fetch, "_run_client", no_client)
     spec = dataclasses.replace(MSLR_SAMPLE_TEST, member="rankeval-*/rankeval/test/data/msn1.fold1.test.5k.txt")
     path = _fetch(spec)
     assert path == tmp_path / "cache" / "packages" / "rankeval-0.8.2" / MSLR_SAMPLE_TEST.member
     assert path.read_bytes().count(b"\n") == 5000
+    assert "verified rankeval-0.8.2.tar.gz" in capfd.readouterr().err

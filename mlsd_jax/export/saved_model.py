@@ -65,12 +65,37 @@ def _serving_function(tf, module, model, sig: Signature):
 
     @tf.function(input_signature=[input_spec], autograph=False)
     def serve(inputs):
+        with tf.control_dependencies(_input_checks(tf, inputs, sig.inputs)):
+            inputs = {k: tf.identity(v) for k, v in inputs.items()}
         encoded = sig.encode_tf(inputs) if sig.encode_tf is not None else inputs
         encoded = {k: tf.cast(encoded[k], tf.as_dtype(np.dtype(dt)))
                    for k, (_, dt) in sig.model_inputs.items()}
         return lowered(module.variables_tree, module.consts_tree, encoded)
 
     return serve
+
+
+def _input_checks(tf, inputs, specs) -> list:
+    """Named dims must be non-empty and agree across inputs; errors name inputs and dims
+    (without quotes: TensorFlow escapes them in its error text)."""
+    checks, first = [], {}
+    for name, (dims, _) in specs.items():
+        shape = tf.shape(inputs[name])
+        for i, dim in enumerate(dims):
+            if isinstance(dim, int):
+                continue
+            checks.append(tf.debugging.assert_positive(
+                shape[i], message=f"input {name}: dimension {i} ({dim}) is empty; expected "
+                                  f"at least 1"))
+            if dim in first:
+                other, j = first[dim]
+                checks.append(tf.debugging.assert_equal(
+                    shape[i], tf.shape(inputs[other])[j],
+                    message=f"input {name} dimension {i} ({dim}) must equal input {other} "
+                            f"dimension {j} ({dim})"))
+            else:
+                first[dim] = (name, i)
+    return checks
 
 
 def export_model(task, state, base_dir: str | Path, *, version: int | None = None,

@@ -238,15 +238,29 @@ def cast_inputs(specs: Mapping[str, InputSpec], inputs: Mapping[str, Any]) -> di
     missing = sorted(set(specs) - set(inputs))
     if missing:
         raise KeyError(f"missing inputs {missing}; expected {sorted(specs)}")
-    out = {}
+    out, sizes = {}, {}
     for k, (dims, dtype) in specs.items():
         x = np.asarray(inputs[k])
         if x.ndim != len(dims):
             raise ValueError(f"input {k!r} has shape {x.shape}; expected {len(dims)} dims {dims}")
         for i, d in enumerate(dims):
-            if isinstance(d, int) and x.shape[i] != d:
-                raise ValueError(f"input {k!r} has shape {x.shape}; dim {i} must be {d} ({dims})")
-        out[k] = x if np.dtype(dtype).kind in "USO" else x.astype(dtype, copy=False)
+            if isinstance(d, int):
+                if x.shape[i] != d:
+                    raise ValueError(f"input {k!r} has shape {x.shape}; dim {i} must be {d} "
+                                     f"({dims})")
+                continue
+            if x.shape[i] == 0:
+                raise ValueError(f"input {k!r}: dimension {i} ({d}) is empty; expected at least 1")
+            other = sizes.setdefault(d, (k, x.shape[i]))
+            if other[1] != x.shape[i]:
+                raise ValueError(f"input {k!r} dimension {i} ({d}) is {x.shape[i]} but input "
+                                 f"{other[0]!r} has {d}={other[1]}; they must agree")
+        if np.dtype(dtype).kind in "USO":
+            out[k] = x
+        else:
+            if np.dtype(dtype).kind in "iub" and x.dtype.kind == "f":
+                raise ValueError(f"input {k!r} has dtype {x.dtype}; expected {np.dtype(dtype).name}")
+            out[k] = x.astype(dtype, copy=False)
     return out
 
 

@@ -16,6 +16,7 @@ import numpy as np
 
 from mlsd_jax import metrics as M
 from mlsd_jax.data import lists
+from mlsd_jax.errors import check
 from mlsd_jax.data.ranking import load_ranking_splits
 from mlsd_jax.features import fit_log1p_standardize, log1p_standardize
 from mlsd_jax.metrics.streaming import PerExampleMean
@@ -36,8 +37,14 @@ def ranking_metric(name: str):
 
 
 def forward(apply, consts, inputs, *, train: bool):
-    """Raw LETOR features -> fitted transform -> ranker -> ``{"scores": [B, L]}``."""
-    x = log1p_standardize(consts["features"], inputs["features"])
+    """Raw LETOR features -> fitted transform -> ranker -> ``{"scores": [B, L]}``.
+
+    Padded positions may hold anything (NaN, inf): they are zeroed before the transform, so
+    they never reach a real item's score through attention or a reduction.
+    """
+    mask = inputs["mask"]
+    x = jnp.where(mask[..., None], inputs["features"], 0.0)
+    x = log1p_standardize(consts["features"], x)
     return {"scores": apply(x, inputs["mask"], train=train)}
 
 
@@ -84,7 +91,9 @@ def build_ranking_task(cfg: Mapping[str, Any]) -> Task:
                                  num_features=data_cfg.get("num_features"),
                                  valid_fraction=data_cfg.get("valid_fraction", 0.2),
                                  test_fraction=data_cfg.get("test_fraction", 0.2),
-                                 seed=data_cfg.get("seed", 0))
+                                 seed=data_cfg.get("seed", 0),
+                                 on_invalid=data_cfg.get("on_invalid", "error"),
+                                 max_label=data_cfg.get("max_label", 4))
     train = splits["train"]
     num_features = train.num_features
     consts = {"features": fit_log1p_standardize(_train_chunks(train), num_features)}
@@ -99,13 +108,17 @@ def build_ranking_task(cfg: Mapping[str, Any]) -> Task:
         raise ValueError(f"task.target_metric={target!r} is not among task.metrics={metric_names}")
 
     def loss_fn(outputs, batch):
-        return loss(outputs["scores"], batch["label"], where=batch["mask"]), {}
+        labels = jnp.where(batch["mask"], batch["label"], 0.0)  # padding may hold anything
+        return loss(outputs["scores"], labels, where=batch["mask"]), {}
 
     metrics = {n: PerExampleMean(lambda out, batch, fn=fn: fn(
-        out["scores"], batch["label"], where=batch["mask"], reduce_fn=None))
+        out["scores"], jnp.where(batch["mask"], batch["label"], 0.0), where=batch["mask"],
+        reduce_fn=None))
         for n, fn in per_list.items()}
 
-    list_size = int(data_cfg.get("list_size", 128))
+    list_size = data_cfg.get("list_size", 128)
+    check(isinstance(list_size, int) and list_size >= 1, "data.list_size", list_size,
+          "an integer >= 1 (documents per training list)")
     batch_size, eval_batch = int(trainer_cfg["batch_size"]), int(trainer_cfg["eval_batch_size"])
     eval_sizes = {s: lists.eval_list_size(store) for s, store in splits.items()}
 

@@ -5,11 +5,19 @@ written on one device layout restores onto any other (8 devices -> 2 -> 1).
 """
 from __future__ import annotations
 
+import json
+import time
 from pathlib import Path
 from typing import Any
 
 import jax
+import numpy as np
 import orbax.checkpoint as ocp
+from tqdm.auto import tqdm
+
+from mlsd_jax.errors import CheckpointError
+
+RUN_FILE = "run.json"
 
 
 def abstract_with_shardings(abstract_state, shardings):
@@ -54,17 +62,70 @@ class Checkpoints:
     def latest_step(self) -> int | None:
         return self.latest.latest_step()
 
+    def _restore_intact(self, manager, steps, abstract_state):
+        """Restores the first readable step of ``steps``; a broken one is reported and skipped."""
+        for step in steps:
+            try:
+                return self._restore(manager, step, abstract_state)
+            except Exception as e:  # orbax/tensorstore raise many types for damaged files
+                first = (str(e).strip().splitlines() or [type(e).__name__])[0][:160]
+                tqdm.write(f"checkpoint {manager.directory / str(step)} is unreadable "
+                           f"({type(e).__name__}: {first}); trying the previous step")
+        if steps:
+            raise CheckpointError(
+                f"no readable checkpoint in {manager.directory} (steps {list(steps)} are all "
+                f"damaged); delete that folder or run in a new hydra.run.dir")
+        return None
+
     def restore_latest(self, abstract_state):
-        step = self.latest_step()
-        return None if step is None else self._restore(self.latest, step, abstract_state)
+        """The newest intact ``latest/`` step (falling back over damaged ones), or ``None``."""
+        steps = sorted(self.latest.all_steps(), reverse=True)
+        return self._restore_intact(self.latest, steps, abstract_state)
 
     def best_step(self) -> int | None:
         return self.best.best_step() if self.metric else self.best.latest_step()
 
     def restore_best(self, abstract_state):
         step = self.best_step()
-        return None if step is None else self._restore(self.best, step, abstract_state)
+        return None if step is None else self._restore_intact(self.best, [step], abstract_state)
 
     def close(self) -> None:
         self.latest.close()
         self.best.close()
+
+    # ------------------------------------------------------------------- which run owns the dir
+    def check_owner(self, signature: dict, describe: str) -> None:
+        """Refuses to resume checkpoints written for another model or config.
+
+        ``signature`` describes what the checkpoints must fit (task, parameter shapes...); the
+        first save records it in ``run.json``.
+        """
+        path = self.directory / RUN_FILE
+        if path.exists():
+            old = json.loads(path.read_text())
+            if old.get("signature") != signature:
+                raise CheckpointError(
+                    f"{self.directory.parent} holds checkpoints of another run "
+                    f"({old.get('describe', 'unknown model')}), not of this one ({describe}). "
+                    f"Use a new hydra.run.dir, or trainer.resume=false to move them aside and "
+                    f"start over here.")
+        elif self.latest.latest_step() is not None:
+            return  # written before run.json existed: nothing to compare with
+        self.directory.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps({"signature": signature, "describe": describe}, indent=1))
+
+
+def state_signature(abstract_state) -> dict:
+    """Paths, shapes and dtypes of a state: what a checkpoint must match to be restored."""
+    leaves = jax.tree_util.tree_flatten_with_path(abstract_state)[0]
+    return {jax.tree_util.keystr(p): [list(x.shape), str(np.dtype(x.dtype))] for p, x in leaves}
+
+
+def move_aside(directory: str | Path) -> Path | None:
+    """Renames an existing checkpoint folder to ``<name>.old-<time>`` (nothing is deleted)."""
+    directory = Path(directory)
+    if not directory.exists():
+        return None
+    target = directory.with_name(f"{directory.name}.old-{time.strftime('%Y%m%d-%H%M%S')}")
+    directory.rename(target)
+    return target

@@ -25,6 +25,25 @@ class JsonlLogger:
         self._f.write(json.dumps({"step": int(step), **_scalars(metrics)}) + "\n")
         self._f.flush()
 
+    def rewind(self, step: int) -> None:
+        """Drops lines after ``step`` (the step a run resumes from): no step is logged twice."""
+        self._f.close()
+        lines = self.path.read_text(encoding="utf-8").splitlines(keepends=True)
+        keep = []
+        for line in lines:
+            try:
+                if json.loads(line).get("step", 0) <= step:
+                    keep.append(line)
+            except json.JSONDecodeError:  # a line cut by a kill: drop it
+                continue
+        if step == 0:
+            keep = []
+        if len(keep) != len(lines):
+            tmp = self.path.with_suffix(".jsonl.tmp")
+            tmp.write_text("".join(keep), encoding="utf-8")
+            os.replace(tmp, self.path)
+        self._f = open(self.path, "a", encoding="utf-8")
+
     def close(self) -> None:
         self._f.close()
 
@@ -65,6 +84,11 @@ class WandbLogger:
 class MultiLogger:
     def __init__(self, loggers):
         self.loggers = list(loggers)
+
+    def rewind(self, step: int) -> None:
+        for logger in self.loggers:
+            if hasattr(logger, "rewind"):
+                logger.rewind(step)
 
     def log(self, step: int, metrics: Mapping[str, Any]) -> None:
         for logger in self.loggers:

@@ -20,6 +20,8 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from mlsd_jax.errors import check
+
 EMBEDDING_OPTIMIZERS = ("rowwise_adagrad", "adagrad", "adam", "sgd")
 
 
@@ -59,6 +61,16 @@ class OptimConfig:
                 raise ValueError(f"unknown optim.embedding keys {sorted(unknown)}; "
                                  f"valid: {sorted(fields)}")
             self.embedding = EmbeddingOptimConfig(**self.embedding)
+        check(self.lr > 0, "optim.lr", self.lr, "a learning rate > 0")
+        check(self.weight_decay >= 0, "optim.weight_decay", self.weight_decay, "a value >= 0")
+        for key in ("b1", "b2"):
+            value = getattr(self, key)
+            check(0 <= value < 1, f"optim.{key}", value, "a value in [0, 1)")
+        check(self.warmup_steps >= 0, "optim.warmup_steps", self.warmup_steps, "an integer >= 0")
+        check(0 <= self.end_lr_factor <= 1, "optim.end_lr_factor", self.end_lr_factor,
+              "a value in [0, 1]")
+        check(self.clip_norm is None or self.clip_norm > 0, "optim.clip_norm", self.clip_norm,
+              "null or a value > 0")
 
 
 # ------------------------------------------------------------------------------ param groups

@@ -21,8 +21,10 @@ from jax.experimental import multihost_utils
 from tqdm.auto import tqdm
 
 from mlsd_jax import sharding as shd
+from mlsd_jax.errors import NonFiniteError, check
 from mlsd_jax.tasks.base import Task, init_variables, run_forward, split_loss
-from mlsd_jax.training.checkpoint import Checkpoints, abstract_with_shardings
+from mlsd_jax.training.checkpoint import (Checkpoints, abstract_with_shardings, move_aside,
+                                          state_signature)
 from mlsd_jax.training.optim import OptimConfig, make_optimizer
 from mlsd_jax.training.state import TrainState
 
@@ -44,6 +46,21 @@ class TrainerConfig:
     eval_split: str = "valid"          # early stopping / best checkpoint split
     final_splits: tuple[str, ...] = ("valid", "test")
     progress: bool = True
+    resume: bool = True                # false: move old checkpoints aside and start over
+
+    def __post_init__(self):
+        for key in ("max_steps", "batch_size", "eval_batch_size", "log_every", "keep_checkpoints"):
+            value = getattr(self, key)
+            check(isinstance(value, int) and value >= 1, f"trainer.{key}", value,
+                  "an integer >= 1")
+        for key in ("eval_every", "patience"):
+            value = getattr(self, key)
+            check(isinstance(value, int) and value >= 0, f"trainer.{key}", value,
+                  "an integer >= 0 (0 turns it off)")
+        for key in ("checkpoint_every", "max_steps_in_flight"):
+            value = getattr(self, key)
+            check(value is None or (isinstance(value, int) and value >= 1), f"trainer.{key}",
+                  value, "null or an integer >= 1")
 
 
 def metric_key(split: str, name: str) -> str:
@@ -116,13 +133,18 @@ class Trainer:
             return loss, (aux, model_state)
 
         (loss, (aux, model_state)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
+        grad_norm = optax.global_norm(grads)
         updates, opt_state = self.tx.update(grads, state.opt_state, state.params)
         params = optax.apply_updates(state.params, updates)
-        metrics = {"train/loss": loss, "train/grad_norm": optax.global_norm(grads),
-                   "train/lr": self.schedule(state.step),
+        # A non-finite loss or gradient leaves the state as it was (the host loop then stops).
+        finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
+        keep = lambda new, old: jax.tree.map(lambda a, b: jnp.where(finite, a, b), new, old)  # noqa: E731
+        metrics = {"train/loss": loss, "train/grad_norm": grad_norm,
+                   "train/lr": self.schedule(state.step), "train/finite": finite,
                    **{f"train/{k}": v for k, v in aux.items()}}
-        new_state = state.replace(step=state.step + 1, params=params, model_state=model_state,
-                                  opt_state=opt_state)
+        new_state = state.replace(step=state.step + 1, params=keep(params, state.params),
+                                  model_state=keep(model_state, state.model_state),
+                                  opt_state=keep(opt_state, state.opt_state))
         return new_state, metrics
 
     def _eval_step(self, variables, consts, batch):
@@ -177,6 +199,9 @@ class Trainer:
 
     # ----------------------------------------------------------------------------------- loop
     def _restore_or_init(self, ckpt: Checkpoints) -> tuple[TrainState, dict]:
+        model = type(self.task.model).__name__
+        ckpt.check_owner({"task": self.task.name, "state": state_signature(self.abstract_state)},
+                         f"task {self.task.name}, model {model}")
         restored = ckpt.restore_latest(self.abstract_state)
         if restored is None:
             return self.init_state(), {}
@@ -194,10 +219,16 @@ class Trainer:
         cfg, task = self.cfg, self.task
         workdir = Path(workdir).absolute()
         target = metric_key(cfg.eval_split, task.target_metric)
+        if not cfg.resume:
+            moved = move_aside(workdir / "checkpoints")
+            if moved:
+                tqdm.write(f"trainer.resume=false: moved old checkpoints to {moved}")
         ckpt = Checkpoints(workdir / "checkpoints", keep=cfg.keep_checkpoints, metric=target,
                            mode=task.target_mode)
         t0 = time.perf_counter()
         state, meta = self._restore_or_init(ckpt)
+        if logger is not None and hasattr(logger, "rewind"):
+            logger.rewind(int(state.step))  # a resumed run does not log its steps twice
         loop = _Loop(self, ckpt, logger, target, meta)
         loop.timings["setup_s"] = time.perf_counter() - t0
         state = loop.run(state)
@@ -247,7 +278,16 @@ class _Loop:
 
     def _drain(self, keep: int) -> None:
         while len(self.in_flight) > keep:
-            for k, v in _to_host(self.in_flight.popleft()).items():
+            step, metrics = self.in_flight.popleft()
+            metrics = _to_host(metrics)
+            if not bool(metrics.pop("train/finite")):
+                raise NonFiniteError(
+                    f"step {step}: the training loss is {float(metrics['train/loss'])} and the "
+                    f"gradient norm {float(metrics['train/grad_norm'])}; training stopped and the "
+                    f"update was not applied (checkpoints hold the last good state). Likely "
+                    f"causes: NaN/inf in the input features or labels, labels outside the loss's "
+                    f"range, or a learning rate too high (now {float(metrics['train/lr']):g}).")
+            for k, v in metrics.items():
                 self.log_acc[k].append(float(v))
 
     def _log_train(self, bar) -> None:
@@ -290,7 +330,7 @@ class _Loop:
                 t = time.perf_counter()
                 state, metrics = trainer.train_step(state, trainer.put_batch(next(batches)), rng)
                 self.step += 1
-                self.in_flight.append(metrics)
+                self.in_flight.append((self.step, metrics))
                 if compile_s is None:
                     jax.block_until_ready(metrics)
                     compile_s = time.perf_counter() - t

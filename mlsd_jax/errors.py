@@ -1,0 +1,29 @@
+"""Errors a user can cause (bad settings, bad data, a run dir of another run, a diverged run).
+
+The command-line entry points print these as one line (``error: ...``) and exit with status 2;
+``HYDRA_FULL_ERROR=1`` shows the traceback. Each message names the setting, file or step and
+what was expected.
+"""
+from __future__ import annotations
+
+
+class UserError(ValueError):
+    """Base class: the input, not the program, is at fault."""
+
+
+class ConfigError(UserError):
+    """A setting outside its valid range (names the key and the range)."""
+
+
+class NonFiniteError(UserError):
+    """Training produced a non-finite loss or gradient (names the step and likely causes)."""
+
+
+class CheckpointError(UserError):
+    """Checkpoints that cannot be used: unreadable, or written by another model/config."""
+
+
+def check(condition: bool, key: str, value, expected: str) -> None:
+    """Raises ``ConfigError("key=value: expected ...")`` unless ``condition``."""
+    if not condition:
+        raise ConfigError(f"{key}={value!r}: expected {expected}")
