@@ -442,3 +442,25 @@ def test_uci_adult_train_only_fit_and_agreement():
     np.testing.assert_array_equal(enc["native-country"] == 1, unseen)
     out = jax.jit(fitted.apply)(fitted.consts, enc)
     assert abs(float(np.mean(out["age"]))) < 0.05 and 0.95 < float(np.std(out["age"])) < 1.05
+
+
+def test_piecewise_linear_encoding_of_numbers():
+    """Gorishniy et al. (2022): 0 below a segment, 1 above it, the position within it."""
+    import jax
+
+    spec = FeatureSpec([Numeric("x", buckets=4, piecewise_linear=True)])
+    fitted = spec.fit({"x": np.arange(0, 101, dtype=np.float64)})
+    out = jax.jit(fitted.apply)(fitted.consts, fitted.encode_np(
+        {"x": np.array([-5.0, 0.0, 12.5, 50.0, 100.0, 500.0, np.nan])}))
+    ple = np.asarray(out["x/ple"])
+    assert ple.shape == (7, 4)
+    np.testing.assert_allclose(ple[0], 0.0)                    # below the training minimum
+    np.testing.assert_allclose(ple[2], [0.5, 0, 0, 0], atol=1e-6)  # halfway through segment 1
+    np.testing.assert_allclose(ple[3], [1, 1, 0, 0], atol=1e-6)
+    np.testing.assert_allclose(ple[4], 1.0)
+    np.testing.assert_allclose(ple[5], 1.0)                    # above the maximum
+    np.testing.assert_allclose(ple[6], 0.0)                    # missing
+    assert np.all(np.diff(ple.sum(1)[:6]) >= 0)                # monotone in x
+    again = FittedFeatureSpec.from_json(json.loads(json.dumps(fitted.to_json())))
+    np.testing.assert_array_equal(np.asarray(again.apply(again.consts, fitted.encode_np(
+        {"x": np.array([12.5])}))["x/ple"]), ple[2:3])

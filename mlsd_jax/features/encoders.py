@@ -112,6 +112,13 @@ class FittedNumeric(_Fitted):
     mean: float
     std: float
     boundaries: tuple = ()
+    low: float = 0.0
+    high: float = 0.0
+
+    def _edges(self) -> np.ndarray:
+        """Segment edges of the piecewise-linear encoding: min, inner boundaries, max."""
+        inner = [b for b in self.boundaries if self.low < b < self.high]
+        return np.asarray([self.low, *inner, self.high], np.float32)
 
     def raw_columns(self):
         return {self.spec.name: (("batch",), "float")}
@@ -125,6 +132,8 @@ class FittedNumeric(_Fitted):
             out[f"{n}/missing"] = (("batch",), np.float32)
         if self.spec.buckets is not None:
             out[f"{n}/bucket"] = (("batch",), np.int32)
+        if self.spec.piecewise_linear:
+            out[f"{n}/ple"] = (("batch", len(self._edges()) - 1), np.float32)
         return out
 
     def cardinalities(self):
@@ -136,6 +145,8 @@ class FittedNumeric(_Fitted):
             c.update(mean=np.float32(self.mean), std=np.float32(self.std))
         if self.spec.buckets is not None:
             c["boundaries"] = np.asarray(self.boundaries, np.float32)
+        if self.spec.piecewise_linear:
+            c["edges"] = self._edges()
         return {k: np.asarray(v, np.float32) for k, v in c.items()}
 
     def encode_np(self, columns):
@@ -159,11 +170,16 @@ class FittedNumeric(_Fitted):
             b = c["boundaries"]
             idx = 1 + jnp.sum(x[..., None] >= b, axis=-1, dtype=jnp.int32)
             out[f"{n}/bucket"] = jnp.where(missing, 0, idx).astype(jnp.int32)
+        if self.spec.piecewise_linear:
+            e = c["edges"]
+            width = jnp.maximum(e[1:] - e[:-1], 1e-12)
+            ple = jnp.clip((x[..., None] - e[:-1]) / width, 0.0, 1.0)
+            out[f"{n}/ple"] = jnp.where(missing[..., None], 0.0, ple).astype(jnp.float32)
         return out
 
     def state_json(self):
         return {"fill": self.fill, "mean": self.mean, "std": self.std,
-                "boundaries": list(self.boundaries)}
+                "boundaries": list(self.boundaries), "low": self.low, "high": self.high}
 
 
 @dataclasses.dataclass(frozen=True)

@@ -96,7 +96,10 @@ class Numeric:
     """A number per row. ``clip=(lo, hi)`` (either may be None) is applied first, then ``log``
     (signed log1p), NaN imputation with the training mean and ``standardize`` (training mean and
     std). ``buckets``: a count (training quantiles) or increasing boundaries in raw units; bucket
-    ids are 0 for missing, else ``1 + #{boundaries <= x}``."""
+    ids are 0 for missing, else ``1 + #{boundaries <= x}``. ``piecewise_linear`` (with
+    ``buckets``) also gives the piecewise-linear encoding of Gorishniy et al. (2022): one value
+    per bucket between the training minimum and maximum, 0 below it, 1 above, the position
+    within it in between."""
 
     name: str
     log: bool = False
@@ -104,6 +107,7 @@ class Numeric:
     standardize: bool = True
     buckets: Any = None
     missing_indicator: bool = True
+    piecewise_linear: bool = False
 
     def __post_init__(self):
         what = f"Numeric {self.name!r}"
@@ -122,6 +126,8 @@ class Numeric:
         elif self.buckets is not None:
             _check(isinstance(self.buckets, int) and self.buckets >= 1, what,
                    f"buckets must be a count >= 1 or a list of boundaries, got {self.buckets!r}")
+        _check(not self.piecewise_linear or self.buckets is not None, what,
+               "piecewise_linear needs buckets (a count or boundaries)")
 
     def fit(self, columns) -> "FittedNumeric":
         what = f"Numeric {self.name!r}"
@@ -138,7 +144,8 @@ class Numeric:
         return FittedNumeric(self, fill=float(np.float32(t.mean())),
                              mean=float(np.float32(t.mean())),
                              std=float(np.float32(std if std > 1e-6 else 1.0)),
-                             boundaries=tuple(float(b) for b in bounds))
+                             boundaries=tuple(float(b) for b in bounds),
+                             low=float(np.float32(seen.min())), high=float(np.float32(seen.max())))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -307,7 +314,8 @@ def _fitted_from_json(obj: dict):
     what = f"{kind} {spec.name!r}"
     if kind == "Numeric":
         return FittedNumeric(spec, fill=st["fill"], mean=st["mean"], std=st["std"],
-                             boundaries=tuple(st["boundaries"]))
+                             boundaries=tuple(st["boundaries"]), low=st.get("low", 0.0),
+                             high=st.get("high", 0.0))
     if kind == "Categorical":
         return FittedCategorical(spec, IdMap.from_json(what, st["ids"]))
     if kind == "MultiCategorical":

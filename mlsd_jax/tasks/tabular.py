@@ -28,9 +28,10 @@ def _feature_spec(data_cfg: Mapping[str, Any]):
                                  missing_values=missing))
     logged = set(data_cfg.get("log_numeric", []))
     buckets = int(data_cfg.get("numeric_buckets", 0))
+    ple = bool(data_cfg.get("piecewise_linear", False))
     for name in data_cfg["numeric"]:
         feats.append(Numeric(name, log=name in logged, missing_indicator=True,
-                             buckets=buckets or None))
+                             buckets=buckets or None, piecewise_linear=ple and buckets > 0))
     return FeatureSpec(feats)
 
 
