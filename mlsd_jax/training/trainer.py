@@ -8,9 +8,11 @@ from __future__ import annotations
 
 import collections
 import dataclasses
+import queue
+import threading
 import time
 from pathlib import Path
-from typing import Iterable, Mapping
+from typing import Iterable, Iterator, Mapping
 
 import flax.linen as nn
 import jax
@@ -47,6 +49,9 @@ class TrainerConfig:
     final_splits: tuple[str, ...] = ("valid", "test")
     progress: bool = True
     resume: bool = True                # false: move old checkpoints aside and start over
+    # Batches read and placed on devices by a background thread ahead of the loop (when steps
+    # run asynchronously, i.e. max_steps_in_flight > 1); 0 = in the loop.
+    prefetch_batches: int = 2
 
     def __post_init__(self):
         for key in ("max_steps", "batch_size", "eval_batch_size", "log_every", "keep_checkpoints"):
@@ -57,6 +62,8 @@ class TrainerConfig:
             value = getattr(self, key)
             check(isinstance(value, int) and value >= 0, f"trainer.{key}", value,
                   "an integer >= 0 (0 turns it off)")
+        check(isinstance(self.prefetch_batches, int) and self.prefetch_batches >= 0,
+              "trainer.prefetch_batches", self.prefetch_batches, "an integer >= 0")
         for key in ("checkpoint_every", "max_steps_in_flight"):
             value = getattr(self, key)
             check(value is None or (isinstance(value, int) and value >= 1), f"trainer.{key}",
@@ -320,7 +327,9 @@ class _Loop:
         cfg, trainer = self.cfg, self.trainer
         self.step = self.start = int(state.step)
         rng = jax.device_put(jax.random.key(cfg.seed), shd.replicated(trainer.mesh))
-        batches = self.task.train_batches(cfg.seed, self.start)
+        batches = device_batches(self.task.train_batches(cfg.seed, self.start),
+                                 trainer.put_batch, prefetch=cfg.prefetch_batches
+                                 if trainer.max_in_flight > 1 else 0)
         max_in_flight = trainer.max_in_flight
         train_time, eval_time, compile_s = 0.0, 0.0, None
         bar = tqdm(total=cfg.max_steps, initial=self.start, desc=f"{self.task.name}: train",
@@ -328,7 +337,7 @@ class _Loop:
         try:
             while self.step < cfg.max_steps and not self.stopped_early:
                 t = time.perf_counter()
-                state, metrics = trainer.train_step(state, trainer.put_batch(next(batches)), rng)
+                state, metrics = trainer.train_step(state, next(batches), rng)
                 self.step += 1
                 self.in_flight.append((self.step, metrics))
                 if compile_s is None:
@@ -351,12 +360,61 @@ class _Loop:
                         "bad_evals": self.bad_evals, "stopped_early": self.stopped_early})
         finally:
             bar.close()
+            batches.close()
         self.timings.update(train_s=train_time, valid_eval_s=eval_time,
                             first_step_s=compile_s or 0.0)
         steps_run = self.step - self.start
         if steps_run > 1 and compile_s is not None:
             self.timings["steps_per_s"] = (steps_run - 1) / max(train_time - compile_s, 1e-9)
         return state
+
+
+def device_batches(batches: Iterator, put, prefetch: int = 0) -> Iterator:
+    """Host batches -> device batches; with ``prefetch > 0`` a background thread reads and
+    places up to ``prefetch`` batches ahead, so input work overlaps step dispatch. Exceptions in
+    the thread surface at the next ``next()``; ``close()`` stops the thread."""
+    if prefetch <= 0:
+        return (put(b) for b in batches)
+    return _Prefetcher(batches, put, prefetch)
+
+
+class _Prefetcher:
+    def __init__(self, batches, put, size: int):
+        self._queue: queue.Queue = queue.Queue(maxsize=size)
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._fill, args=(batches, put), daemon=True,
+                                        name="mlsd-prefetch")
+        self._thread.start()
+
+    def _fill(self, batches, put):
+        try:
+            for batch in batches:
+                item = ("batch", put(batch))
+                while not self._stop.is_set():
+                    try:
+                        self._queue.put(item, timeout=0.1)
+                        break
+                    except queue.Full:
+                        continue
+                if self._stop.is_set():
+                    return
+            self._queue.put(("end", None))
+        except BaseException as e:  # surfaced in the training loop
+            self._queue.put(("error", e))
+
+    def __iter__(self):
+        return self
+
+    def __next__(self):
+        kind, value = self._queue.get()
+        if kind == "error":
+            raise value
+        if kind == "end":
+            raise StopIteration
+        return value
+
+    def close(self) -> None:
+        self._stop.set()
 
 
 def _to_host(tree):
