@@ -191,3 +191,34 @@ def test_savedmodel_and_bundle_name_the_bad_input(exported, features, mask, word
     with pytest.raises(ValueError) as e:
         load_bundle(exported).predict(raw)
     assert "features" in str(e.value) or "mask" in str(e.value)
+
+
+def _letor_lines(n_queries=6, docs=5, bad=None):
+    rng = np.random.default_rng(0)
+    lines = []
+    for q in range(n_queries):
+        for d in range(docs):
+            feats = " ".join(f"{j}:{rng.random():.3f}" for j in range(1, 11))
+            lines.append(f"{int(rng.integers(0, 3))} qid:{q + 1} {feats}")
+    if bad:
+        lines[7] = bad
+    return "\n".join(lines) + "\n"
+
+
+@pytest.mark.parametrize("content,words", [
+    (_letor_lines(bad="2 qid:2 1:0.5 2:nan 3:0.1"), "feature 2 is nan"),
+    (_letor_lines(bad="1000 qid:2 1:0.5 2:0.2"), "label 1000"),
+    (b"\x1f\x8b\x08\x00garbage-that-is-not-gzip", "damaged gzip file"),
+    (b"PK\x03\x04\x14\x00\x00\x00zipped", "compressed"),
+    (b"\x00\x01\x02binary\xff\xfe", "not a text LETOR file"),
+])
+def test_bad_data_files_stop_the_cli_with_one_line(content, words, tmp_path):
+    data = tmp_path / ("data.gz" if isinstance(content, bytes) and content[:2] == b"\x1f\x8b"
+                       else "data.txt")
+    data.write_bytes(content if isinstance(content, bytes) else content.encode())
+    proc = run_cli("+task=ranking", *TINY, f"data.path={data}", f"hydra.run.dir={tmp_path / 'run'}",
+                   "data.num_features=10", "mesh.num_devices=2", timeout=300)
+    assert proc.returncode == 2, proc.stderr[-3000:]
+    errors = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and words in errors[0], proc.stderr[-3000:]
+    assert "Traceback" not in proc.stderr and "\\x00" not in proc.stderr
