@@ -2,6 +2,7 @@
 
     python benchmarks/ranking_quality.py                      # both embedded datasets
     python benchmarks/ranking_quality.py --datasets mslr_sample --letor-gb 2
+    python benchmarks/ranking_quality.py --quick --out /tmp/q/ranking_quality   # smoke run
 
 Every model is scored by the same evaluator (mlsd_jax.metrics over whole, unpadded lists of the
 same test queries), so the numbers are comparable. Each model runs in its own process so its
@@ -167,7 +168,13 @@ def main() -> None:
     ap.add_argument("--seeds", type=int, nargs="+", default=[0])
     ap.add_argument("--letor-gb", type=float, default=0.0)
     ap.add_argument("--out", default=str(RESULTS / "ranking_quality"))
+    ap.add_argument("--quick", action="store_true",
+                    help="smoke run: MSLR sample, one seed, LightGBM and one of ours (debug=fast)")
     args = ap.parse_args()
+    ours = OURS
+    if args.quick:
+        args.datasets, args.seeds = ["mslr_sample"], args.seeds[:1]
+        ours = [(label, overrides + ["debug=fast"]) for label, overrides in OURS[:1]]
 
     rows = []
     ctx = mp.get_context("spawn")
@@ -180,7 +187,7 @@ def main() -> None:
             p.join()
             rows.append({"dataset": dataset, "seed": seed, **row})
             print(json.dumps(rows[-1]), flush=True)
-            for label, overrides in OURS:
+            for label, overrides in ours:
                 with tempfile.TemporaryDirectory() as d:
                     rows.append({"dataset": dataset, "seed": seed,
                                  **run_ours(dataset, label, overrides, seed, Path(d))})

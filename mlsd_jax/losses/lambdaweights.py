@@ -13,7 +13,7 @@ from typing import Optional
 import jax
 import jax.numpy as jnp
 
-from mlsd_jax.utils.masking import pair_mask, prepare_inputs, ranks, safe_divide
+from mlsd_jax.utils.masking import pair_mask, prepare_inputs, safe_divide
 
 __all__ = ["dcg_lambdaweight", "labeldiff_lambdaweight"]
 
@@ -45,13 +45,26 @@ def dcg_lambdaweight(
             d = jnp.where(rank <= topn, d, 0.0)
         return jnp.where(valid, d, 0.0)
 
-    d = disc(ranks(s, valid))
+    d = disc(_pairwise_ranks(s, valid))
     lw = jnp.abs(gains[..., :, None] - gains[..., None, :]) * jnp.abs(d[..., :, None] - d[..., None, :])
     if normalize:
-        ideal = jnp.sum(gains * disc(ranks(gains, valid)), axis=-1)
+        ideal = jnp.sum(gains * disc(_pairwise_ranks(gains, valid)), axis=-1)
         lw = safe_divide(lw, ideal[..., None, None])
     lw = jnp.where(pair_mask(valid), lw, 0.0)
     return jax.lax.stop_gradient(lw)
+
+
+def _pairwise_ranks(scores, valid):
+    """:func:`~mlsd_jax.utils.masking.ranks` (same ranks, ties by index, masked items last) by
+    counting the items ahead of each one. The lambda weights already cost O(L^2) per list, and
+    one fused compare-and-count pass over the pairs is cheaper than XLA's sorts on CPU."""
+    idx = jnp.arange(scores.shape[-1])
+    earlier = idx[None, :] < idx[:, None]  # [i, j]: j comes before i
+    si, sj = scores[..., :, None], scores[..., None, :]
+    vj = valid[..., None, :]
+    ahead = jnp.where(valid[..., :, None], vj & ((sj > si) | ((sj == si) & earlier)),
+                      vj | earlier)
+    return 1 + jnp.sum(ahead, axis=-1, dtype=jnp.int32)
 
 
 def labeldiff_lambdaweight(scores, labels, *, where=None, weights=None):

@@ -106,7 +106,7 @@ def _pairwise(pair_loss_fn, scores, labels, where, weights, reduce_fn, lambdawei
         lw = lambdaweight_fn(s, l, where=valid)
         pw = pw * jax.lax.stop_gradient(jnp.asarray(lw, jnp.float32))
     total = jnp.sum(jnp.where(pairs, per_pair * pw, 0.0), axis=(-2, -1))
-    n_pairs = jnp.sum(pairs.astype(jnp.float32), axis=(-2, -1))
+    n_pairs = jnp.sum(pairs, axis=(-2, -1), dtype=jnp.int32).astype(jnp.float32)
     return safe_reduce(safe_divide(total, n_pairs), _list_valid(valid), reduce_fn)
 
 

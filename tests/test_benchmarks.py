@@ -1,0 +1,52 @@
+"""Benchmarks must not rot: the quick mode of every script in benchmarks/ runs and writes its
+results (each in its own process, as a user runs it, with its output in a temporary folder).
+
+Quick modes still compile the models and train for a few steps, so this module is `slow`.
+"""
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+BENCH = ROOT / "benchmarks"
+
+# script -> (arguments after the script; {out} is the output folder), files that must appear.
+QUICK = {
+    "ranking_throughput.py": (["--quick", "--out-dir", "{out}"],
+                              ["ranking_throughput_cpu.json", "ranking_throughput_cpu.md"]),
+    "ranking_quality.py": (["--quick", "--out", "{out}/ranking_quality"],
+                           ["ranking_quality.json", "ranking_quality.md"]),
+    "ranking_pipeline.py": (["--quick", "--out-dir", "{out}"],
+                            ["ranking_pipeline_cpu.json", "ranking_pipeline_cpu.md"]),
+    "tabular_quality.py": (["--quick", "--out", "{out}"],
+                           ["tabular_quality_quick.json", "tabular_quality_quick.md"]),
+}
+
+
+def test_every_benchmark_script_has_a_quick_run():
+    scripts = sorted(p.name for p in BENCH.glob("*.py"))
+    assert scripts, "no benchmark scripts found"
+    missing = [s for s in scripts if s not in QUICK]
+    assert not missing, f"add the quick run of {missing} to QUICK in {Path(__file__).name}"
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("script", sorted(QUICK))
+def test_quick_run_writes_results(script, tmp_path):
+    if not (BENCH / script).is_file():
+        pytest.fail(f"benchmarks/{script} is listed in QUICK but does not exist")
+    args, files = QUICK[script]
+    # As a user runs it: no simulated devices from conftest; CPU (the figures are not checked).
+    env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
+    env.update(JAX_PLATFORMS="cpu", CUDA_VISIBLE_DEVICES="")
+    cmd = [sys.executable, str(BENCH / script), *(a.format(out=tmp_path) for a in args)]
+    proc = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True,
+                          timeout=900)
+    assert proc.returncode == 0, (f"{' '.join(cmd)} exited {proc.returncode}:\n"
+                                  f"{proc.stdout[-2000:]}\n{proc.stderr[-4000:]}")
+    for name in files:
+        path = tmp_path / name
+        assert path.is_file() and path.stat().st_size > 0, f"{script} did not write {name}"
