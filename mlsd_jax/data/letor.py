@@ -49,6 +49,8 @@ from typing import Iterator, Optional, Sequence
 
 import numpy as np
 
+from mlsd_jax.data.fetch import sha256_file
+
 __all__ = [
     "ON_INVALID",
     "LetorFormatError",
@@ -601,14 +603,6 @@ def _load(path: pathlib.Path) -> np.ndarray:
     return np.load(path, mmap_mode="r")
 
 
-def _sha256(path: pathlib.Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
 def _verify_store(d: pathlib.Path, meta: dict) -> None:
     """Check every array file against the size and sha256 recorded in ``meta.json``."""
     files = meta.get("files")
@@ -622,7 +616,7 @@ def _verify_store(d: pathlib.Path, meta: dict) -> None:
         size = p.stat().st_size
         if size != rec.get("size"):
             raise StoreIntegrityError(d, p, f"is {size} bytes, {rec.get('size')} were written (truncated or edited)")
-        if _sha256(p) != rec["sha256"]:
+        if sha256_file(p) != rec["sha256"]:
             raise StoreIntegrityError(d, p, "does not match the sha256 recorded when the store was written "
                                             "(edited or damaged)")
 
@@ -970,7 +964,7 @@ def build_query_store(path, out_dir, *, num_features: Optional[int] = None, chun
         "n_queries": len(qids),
         "max_label": max_label,
         "invalid": tally.as_dict(on_invalid),
-        "files": {name: {"size": (out / name).stat().st_size, "sha256": _sha256(out / name)}
+        "files": {name: {"size": (out / name).stat().st_size, "sha256": sha256_file(out / name)}
                   for name in _STORE_FILES},
     }
     tmp_meta = out / f".meta.json.tmp-{os.getpid()}"
