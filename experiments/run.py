@@ -23,6 +23,11 @@ from omegaconf.errors import OmegaConfBaseException
 from mlsd_jax.data.fetch import DatasetFetchError
 from mlsd_jax.errors import UserError
 from mlsd_jax.experiment import config_dir, run
+from mlsd_jax.utils.xla_flags import configure_jax
+
+# XLA:CPU defaults measured on the ranking step (mlsd_jax/utils/xla_flags.py); they must be in
+# the environment before JAX starts its backends. XLA_FLAGS you set yourself win.
+configure_jax()
 
 # Raised for what a user controls: settings, files and data. Bugs raise other types.
 USER_ERRORS = (UserError, OmegaConfBaseException, DatasetFetchError, FileNotFoundError, KeyError,
