@@ -150,9 +150,10 @@ def check_export(path: Path, examples: Mapping[str, Mapping[str, np.ndarray]],
                  tolerance: float) -> dict[str, float]:
     """SavedModel (TensorFlow) vs bundle (JAX) on raw examples; raises when they differ."""
     bundle = load_bundle(path)
+    loaded = _tf().saved_model.load(str(path))  # once, for every signature
     diffs = {}
     for name, raw in examples.items():
-        got = saved_model_predict(path, raw, name)
+        got = _run_signature(loaded.signatures[name], raw)
         want = bundle.predict(raw, name)
         diffs[name] = max((_max_diff(got[k], want[k]) for k in want), default=0.0)
         if not diffs[name] <= tolerance:
@@ -186,8 +187,11 @@ def load_saved_model(path: str | Path, signature: str = "serving_default"):
 def saved_model_predict(path: str | Path, inputs: Mapping[str, Any],
                         signature: str = "serving_default") -> dict[str, np.ndarray]:
     """Runs a SavedModel signature on numpy/list inputs; returns numpy outputs."""
+    return _run_signature(load_saved_model(path, signature), inputs)
+
+
+def _run_signature(fn, inputs: Mapping[str, Any]) -> dict[str, np.ndarray]:
     tf = _tf()
-    fn = load_saved_model(path, signature)
     specs = fn.structured_input_signature[1]
     feed = {}
     for k, spec in specs.items():

@@ -26,7 +26,6 @@ import re
 from typing import Any, Callable, Iterator, Mapping
 
 import flax.linen as nn
-import jax
 import numpy as np
 
 Batch = Mapping[str, np.ndarray]
@@ -262,7 +261,3 @@ def cast_inputs(specs: Mapping[str, InputSpec], inputs: Mapping[str, Any]) -> di
                 raise ValueError(f"input {k!r} has dtype {x.dtype}; expected {np.dtype(dtype).name}")
             out[k] = x.astype(dtype, copy=False)
     return out
-
-
-def tree_numpy(tree):
-    return jax.tree.map(np.asarray, jax.device_get(tree))

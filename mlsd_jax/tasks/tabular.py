@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from typing import Any, Mapping
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
@@ -45,11 +46,7 @@ def forward(apply, consts, inputs, *, train: bool, spec=None):
     """Encoded columns -> numeric transforms (consts) -> logit, probability."""
     x = spec.apply(consts, inputs)
     logit = apply(x, train=train)
-    return {"logit": logit, "prob": jax_sigmoid(logit)}
-
-
-def jax_sigmoid(x):
-    return 1.0 / (1.0 + jnp.exp(-x))
+    return {"logit": logit, "prob": jax.nn.sigmoid(logit)}
 
 
 def serving(cfg: Mapping[str, Any], features) -> Serving:
