@@ -11,6 +11,12 @@ Out-of-vocabulary ids: a table for ``num_embeddings`` ids has one extra *OOV row
 sentinels such as ``-1``) is looked up there. Lookups never fail inside ``jit`` and never read
 out of bounds. The row count is then rounded up to a multiple of ``row_multiple`` so the rows
 divide evenly over the devices of the ``model`` axis; those padding rows are never addressed.
+
+Sparse training (``optim.embedding.sparse=true``): the trainer makes the :data:`LOOKUPS`
+collection mutable; each lookup then records its (OOV-mapped) ids there and reads its rows
+through a zero perturbation in :data:`ROWS`, so the gradient comes back as one ``[ids, features]``
+block per lookup instead of a dense ``[rows, features]`` table (see
+:mod:`mlsd_jax.training.sparse`). Tables must then be read only through ``__call__``.
 """
 from __future__ import annotations
 
@@ -22,6 +28,8 @@ import jax.numpy as jnp
 
 TABLE_AXES = ("table_rows", "embed")
 COMBINERS = ("mean", "sum", "sqrtn")
+LOOKUPS = "embedding_lookups"  # ids of each lookup, recorded in sparse training
+ROWS = "embedding_rows"        # zero perturbations of the looked-up rows (their gradients)
 
 
 def table_rows(num_embeddings: int, row_multiple: int = 8) -> int:
@@ -77,7 +85,13 @@ class Embedding(nn.Module):
         table = self.param("embedding", init, (rows, self.features), self.param_dtype)
         valid = (ids >= 0) & (ids < self.num_embeddings)
         ids = jnp.where(valid, ids, self.num_embeddings)  # the OOV row
-        out = jnp.take(table, ids, axis=0)
+        if self.is_mutable_collection(LOOKUPS) and not self.is_initializing():
+            self.sow(LOOKUPS, "ids", ids)
+            k = len(self.get_variable(LOOKUPS, "ids")) - 1
+            out = jnp.take(jax.lax.stop_gradient(table), ids, axis=0)
+            out = self.perturb(f"rows{k}", out, collection=ROWS)
+        else:
+            out = jnp.take(table, ids, axis=0)
         if self.dtype is not None:
             out = out.astype(self.dtype)
         return out if mask is None else masked_pool(out, jnp.asarray(mask), combiner)

@@ -211,6 +211,41 @@ def run_forward(model: nn.Module, forward, variables: Mapping, consts, inputs, *
     return dict(outputs), model_state
 
 
+def run_forward_collecting(model: nn.Module, forward, variables: Mapping, consts, inputs, *,
+                           collect: str, inject: str, injected=None, rng=None):
+    """Training ``forward`` that also returns collection ``collect`` of every ``apply`` call.
+
+    Returns ``(outputs, model_state, collected, created)``: ``collected[i]`` is what call ``i``
+    wrote into ``collect``. ``injected[i]`` is passed to call ``i`` as collection ``inject``;
+    with ``injected=None`` that collection is mutable instead and ``created[i]`` holds what
+    call ``i`` created in it (run this under :func:`jax.eval_shape` to learn the shapes). Used
+    by sparse embedding training (``mlsd_jax.training.sparse``).
+    """
+    state_cols = [c for c in variables if c != "params"]
+    updated: dict = {}
+    collected: list = []
+    created: list = []
+    rngs = {"dropout": rng} if rng is not None else None
+
+    def apply(*args, method=None, **kwargs):
+        i = len(collected)
+        extra = [collect] + ([inject] if injected is None else [])
+        v = dict(variables) if injected is None else {**variables, inject: injected[i]}
+        out, upd = model.apply(v, *args, method=method, rngs=rngs,
+                               mutable=state_cols + extra, **kwargs)
+        upd = dict(upd)
+        collected.append(upd.pop(collect, {}))
+        created.append(upd.pop(inject, {}))
+        _merge_collections(updated, upd)
+        return out
+
+    outputs = forward(apply, consts, inputs, train=True)
+    if not isinstance(outputs, Mapping):
+        raise TypeError(f"forward must return a dict of named outputs, got {type(outputs).__name__}")
+    model_state = {c: updated.get(c, variables[c]) for c in state_cols}
+    return dict(outputs), model_state, collected, created
+
+
 def split_loss(value) -> tuple[Any, dict]:
     """Normalises ``loss_fn``'s result to ``(loss, aux)`` (a bare scalar gets empty aux)."""
     if isinstance(value, tuple):

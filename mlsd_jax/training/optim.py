@@ -34,6 +34,9 @@ class EmbeddingOptimConfig:
     eps: float = 1e-8            # (rowwise_)adagrad denominator
     initial_accumulator_value: float = 0.0  # (rowwise_)adagrad
     params: str = "embedding"    # regex full-matched against each param's name
+    # true: update only the looked-up rows (no dense table gradient; rowwise_adagrad or sgd),
+    # see mlsd_jax.training.sparse
+    sparse: bool = False
 
 
 @dataclasses.dataclass
@@ -61,6 +64,10 @@ class OptimConfig:
                 raise ValueError(f"unknown optim.embedding keys {sorted(unknown)}; "
                                  f"valid: {sorted(fields)}")
             self.embedding = EmbeddingOptimConfig(**self.embedding)
+        if self.embedding.sparse and self.embedding.name not in ("rowwise_adagrad", "sgd"):
+            raise ValueError(f"optim.embedding.sparse=true needs optim.embedding.name "
+                             f"rowwise_adagrad or sgd (the row updates that touch only looked-up "
+                             f"rows), got {self.embedding.name!r}")
         check(self.lr > 0, "optim.lr", self.lr, "a learning rate > 0")
         check(self.weight_decay >= 0, "optim.weight_decay", self.weight_decay, "a value >= 0")
         for key in ("b1", "b2"):
@@ -196,19 +203,34 @@ def _embedding_optimizer(cfg: OptimConfig, total_steps: int) -> optax.GradientTr
                      + ", ".join(repr(n) for n in EMBEDDING_OPTIMIZERS))
 
 
-def make_optimizer(cfg: OptimConfig, total_steps: int):
-    """Returns ``(tx, schedule)``; ``schedule`` is the main (non-embedding) learning rate."""
-    schedule = make_schedule(cfg, total_steps)
+def _main_optimizer(cfg: OptimConfig, schedule) -> optax.GradientTransformation:
     if cfg.name == "adamw":
         mask = (None if cfg.decay_params is None
                 else decay_mask(cfg.decay_params, cfg.embedding.params))
-        core = optax.adamw(schedule, b1=cfg.b1, b2=cfg.b2, weight_decay=cfg.weight_decay, mask=mask)
-    elif cfg.name == "adam":
-        core = optax.adam(schedule, b1=cfg.b1, b2=cfg.b2)
-    elif cfg.name == "sgd":
-        core = optax.sgd(schedule, momentum=cfg.momentum)
-    else:
-        raise ValueError(f"optim.name={cfg.name!r}; valid choices: 'adamw', 'adam', 'sgd'")
+        return optax.adamw(schedule, b1=cfg.b1, b2=cfg.b2, weight_decay=cfg.weight_decay, mask=mask)
+    if cfg.name == "adam":
+        return optax.adam(schedule, b1=cfg.b1, b2=cfg.b2)
+    if cfg.name == "sgd":
+        return optax.sgd(schedule, momentum=cfg.momentum)
+    raise ValueError(f"optim.name={cfg.name!r}; valid choices: 'adamw', 'adam', 'sgd'")
+
+
+def make_sparse_optimizer(cfg: OptimConfig, total_steps: int):
+    """For ``optim.embedding.sparse``: ``(dense_tx, schedule, row_schedule)``.
+
+    ``dense_tx`` is the main optimizer for the non-table params (clipping is done by the step,
+    over dense and row gradients together); tables are updated row by row
+    (:mod:`mlsd_jax.training.sparse`) with ``row_schedule``.
+    """
+    schedule = make_schedule(cfg, total_steps)
+    row_schedule = make_schedule(dataclasses.replace(cfg, lr=cfg.embedding.lr), total_steps)
+    return _main_optimizer(cfg, schedule), schedule, row_schedule
+
+
+def make_optimizer(cfg: OptimConfig, total_steps: int):
+    """Returns ``(tx, schedule)``; ``schedule`` is the main (non-embedding) learning rate."""
+    schedule = make_schedule(cfg, total_steps)
+    core = _main_optimizer(cfg, schedule)
     if cfg.embedding.name is not None:
         core = optax.multi_transform(
             {"default": core, "embedding": _embedding_optimizer(cfg, total_steps)},

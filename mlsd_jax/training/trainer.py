@@ -24,10 +24,13 @@ from tqdm.auto import tqdm
 
 from mlsd_jax import sharding as shd
 from mlsd_jax.errors import NonFiniteError, check
-from mlsd_jax.tasks.base import Task, init_variables, run_forward, split_loss
+from mlsd_jax.models.embedding import LOOKUPS, ROWS
+from mlsd_jax.tasks.base import (Task, init_variables, run_forward, run_forward_collecting,
+                                 split_loss)
+from mlsd_jax.training import sparse
 from mlsd_jax.training.checkpoint import (Checkpoints, abstract_with_shardings, move_aside,
                                           state_signature)
-from mlsd_jax.training.optim import OptimConfig, make_optimizer
+from mlsd_jax.training.optim import OptimConfig, make_optimizer, make_sparse_optimizer
 from mlsd_jax.training.state import TrainState
 
 
@@ -101,7 +104,12 @@ class Trainer:
             raise ValueError(
                 f"trainer.eval_split={cfg.eval_split!r} has no data (splits with data: "
                 f"{sorted(task.eval_splits)}); pick one of those or set trainer.eval_every=0")
-        self.tx, self.schedule = make_optimizer(optim, cfg.max_steps)
+        self.optim = optim
+        self.sparse = bool(optim.embedding.sparse)
+        if self.sparse:  # tables updated row by row (training/sparse.py); tx: the other params
+            self.tx, self.schedule, self.row_schedule = make_sparse_optimizer(optim, cfg.max_steps)
+        else:
+            self.tx, self.schedule = make_optimizer(optim, cfg.max_steps)
         cpu_collectives = jax.default_backend() == "cpu" and mesh.devices.size > 1
         self.max_in_flight = cfg.max_steps_in_flight or (1 if cpu_collectives else 8)
         self._setup_state()
@@ -114,8 +122,17 @@ class Trainer:
         example = {k: jnp.asarray(v[:1]) for k, v in task.inputs(task.example_batch).items()}
         variables = init_variables(task.model, task.forward, consts, example, rng)
         params = variables.pop("params")
+        if self.sparse:
+            emb = self.optim.embedding
+            paths = sparse.table_paths(params, emb.params)
+            rest, _ = sparse.split_params(params, paths)
+            opt_state = {"dense": self.tx.init(rest),
+                         "rows": sparse.init_row_state(params, paths, emb.name,
+                                                       emb.initial_accumulator_value)}
+        else:
+            opt_state = self.tx.init(params)
         return TrainState(step=jnp.zeros((), jnp.int32), params=params, model_state=variables,
-                          opt_state=self.tx.init(params), consts=consts, tx=self.tx)
+                          opt_state=opt_state, consts=consts, tx=self.tx)
 
     def _setup_state(self) -> None:
         boxed = jax.eval_shape(self._init_fn, jax.random.key(0))
@@ -129,6 +146,8 @@ class Trainer:
 
     # ---------------------------------------------------------------------------------- steps
     def _train_step(self, state: TrainState, batch, rng):
+        if self.sparse:
+            return self._sparse_train_step(state, batch, rng)
         task = self.task
         rng = jax.random.fold_in(rng, state.step)
 
@@ -152,6 +171,57 @@ class Trainer:
         new_state = state.replace(step=state.step + 1, params=keep(params, state.params),
                                   model_state=keep(model_state, state.model_state),
                                   opt_state=keep(opt_state, state.opt_state))
+        return new_state, metrics
+
+    def _sparse_train_step(self, state: TrainState, batch, rng):
+        """The step with row-wise table updates: gradients flow to the looked-up rows only."""
+        task, emb = self.task, self.optim.embedding
+        rng = jax.random.fold_in(rng, state.step)
+        paths = sparse.table_paths(state.params, emb.params)
+        rest, tables = sparse.split_params(state.params, paths)
+
+        def forward(rest, rows):
+            return run_forward_collecting(
+                task.model, task.forward,
+                {"params": sparse.merge_params(rest, tables), **state.model_state}, state.consts,
+                task.inputs(batch), collect=LOOKUPS, inject=ROWS, injected=rows, rng=rng)
+
+        shapes = jax.eval_shape(lambda r: forward(r, None)[3], rest)
+        zeros = jax.tree.map(lambda x: jnp.zeros(x.shape, x.dtype), shapes)
+
+        def loss_fn(rest, rows):
+            outputs, model_state, lookups, _ = forward(rest, rows)
+            loss, aux = split_loss(task.loss_fn(outputs, batch))
+            return loss, (aux, model_state, lookups)
+
+        (loss, (aux, model_state, lookups)), (g_rest, g_rows) = jax.value_and_grad(
+            loss_fn, argnums=(0, 1), has_aux=True)(rest, zeros)
+        row_grads = {p: sparse.dedupe(ids, g, tables[p].shape[0])
+                     for p, (ids, g) in sparse.row_gradients(lookups, g_rows, paths).items()}
+        grad_norm = jnp.sqrt(jnp.square(optax.global_norm(g_rest))
+                             + sparse.sum_of_squares(row_grads))
+        finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
+        scale = jnp.ones((), jnp.float32)
+        if self.optim.clip_norm:  # optax.clip_by_global_norm over dense and row grads together
+            scale = jnp.where(grad_norm < self.optim.clip_norm, 1.0,
+                              self.optim.clip_norm / grad_norm)
+        g_rest = jax.tree.map(lambda g: jnp.where(finite, g * scale.astype(g.dtype), 0), g_rest)
+        row_grads = {p: (u, jnp.where(finite, g * scale.astype(g.dtype), 0))
+                     for p, (u, g) in row_grads.items()}
+        updates, dense_state = self.tx.update(g_rest, state.opt_state["dense"], rest)
+        new_rest = optax.apply_updates(rest, updates)
+        new_tables, rows_state = sparse.apply_rows(
+            tables, state.opt_state["rows"], row_grads, self.row_schedule(state.step),
+            name=emb.name, eps=emb.eps)
+        keep = lambda new, old: jax.tree.map(lambda a, b: jnp.where(finite, a, b), new, old)  # noqa: E731
+        metrics = {"train/loss": loss, "train/grad_norm": grad_norm,
+                   "train/lr": self.schedule(state.step), "train/finite": finite,
+                   **{f"train/{k}": v for k, v in aux.items()}}
+        new_state = state.replace(
+            step=state.step + 1,
+            params=sparse.merge_params(keep(new_rest, rest), new_tables),
+            model_state=keep(model_state, state.model_state),
+            opt_state={"dense": keep(dense_state, state.opt_state["dense"]), "rows": rows_state})
         return new_state, metrics
 
     def _eval_step(self, variables, consts, batch):
