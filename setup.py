@@ -19,6 +19,11 @@ CORE = [
 # FarmHash in C for hashed features (a pure-Python port of the same hash is used without it).
 FAST = ["pyfarmhash>=0.4"]
 EXPORT = ["tensorflow-cpu>=2.21,<2.22"]
+# The model server: REST (TF Serving + KServe V2) on Starlette/uvicorn, gRPC, Prometheus metrics.
+SERVE = EXPORT + ["starlette>=0.40", "uvicorn>=0.30", "grpcio>=1.60", "protobuf>=5",
+                  "prometheus-client>=0.20", "httpx>=0.27"]
+# Batch scoring on Apache Spark (mapInPandas); needs Java 17.
+SPARK = ["pyspark>=3.5", "pandas>=2"]
 TEST = [
     "pytest>=8",
     "nbmake>=1.5",
@@ -44,9 +49,11 @@ setup(
     install_requires=CORE,
     extras_require={
         "export": EXPORT,
-        "test": TEST + EXPORT + BENCH,
+        "test": TEST + SERVE + SPARK + BENCH,
         "bench": BENCH,
         "fast": FAST,
-        "all": EXPORT + TEST + BENCH + FAST,
+        "serve": SERVE,
+        "spark": SPARK,
+        "all": SERVE + SPARK + TEST + BENCH + FAST,
     },
 )
