@@ -45,7 +45,8 @@ setup(
     python_requires=">=3.10",
     packages=find_packages(include=["mlsd_jax", "mlsd_jax.*", "experiments"]) + ["mlsd_jax._configs"],
     package_dir={"mlsd_jax._configs": "configs"},
-    package_data={"mlsd_jax._configs": ["*.yaml", "*/*.yaml", "*/*/*.yaml"]},
+    package_data={"mlsd_jax._configs": ["*.yaml", "*/*.yaml", "*/*/*.yaml"],
+                  "mlsd_jax.serving.tfs_protos": ["NOTICE"]},
     install_requires=CORE,
     extras_require={
         "export": EXPORT,
