@@ -183,3 +183,43 @@ def map_metric(
     num = jnp.sum(jnp.where(_in_topn(r, valid, topn), rel_w * prec_at, 0.0), axis=-1)
     values = safe_divide(num, jnp.sum(rel_w, axis=-1))
     return safe_reduce(values, jnp.any(valid, axis=-1), reduce_fn)
+
+
+__all__ += ["auc_metric", "mind_mrr_metric"]
+
+
+def auc_metric(scores, labels, *, where=None, weights=None, reduce_fn=jnp.mean,
+               relevance_threshold: float = 1.0):
+    """Per-list ROC-AUC: the fraction of (relevant, non-relevant) pairs of valid items ranked
+    in order, ties counting one half (``sklearn.metrics.roc_auc_score`` within each list).
+
+    ``weights`` (per item) weight each pair by the product of its items' weights. Lists
+    without both a relevant and a non-relevant valid item have AUC 0 and are not counted by
+    ``reduce_fn`` (their AUC is undefined). Pairwise: ``O(L^2)`` per list.
+    """
+    s, l, valid, w = prepare_inputs(scores, labels, where, weights)
+    rel = valid & (l >= relevance_threshold)
+    non = valid & (l < relevance_threshold)
+    pair = (rel[..., :, None] & non[..., None, :]).astype(jnp.float32)
+    pair = pair * w[..., :, None] * w[..., None, :]
+    diff = s[..., :, None] - s[..., None, :]
+    won = jnp.where(diff > 0, 1.0, jnp.where(diff == 0, 0.5, 0.0))
+    total = jnp.sum(pair, axis=(-2, -1))
+    values = safe_divide(jnp.sum(pair * won, axis=(-2, -1)), total)
+    return safe_reduce(values, total > 0, reduce_fn)
+
+
+def mind_mrr_metric(scores, labels, *, where=None, weights=None, reduce_fn=jnp.mean,
+                    relevance_threshold: float = 1.0):
+    """MRR as the MIND benchmark computes it: the mean of ``1 / rank`` over **all** relevant
+    items of a list (``sum_i rel_i / rank_i / sum_i rel_i``), not only the first one.
+
+    ``weights`` (per item) weight each relevant item. Lists without a relevant valid item have
+    0 and are not counted by ``reduce_fn``.
+    """
+    s, l, valid, w = prepare_inputs(scores, labels, where, weights)
+    r = ranks(s, valid)
+    rel = (valid & (l >= relevance_threshold)).astype(jnp.float32) * w
+    total = jnp.sum(rel, axis=-1)
+    values = safe_divide(jnp.sum(rel / r.astype(jnp.float32), axis=-1), total)
+    return safe_reduce(values, total > 0, reduce_fn)

@@ -13,3 +13,10 @@ __all__ += ["ConvBNAct", "batch_norm", "conv", "Embedding", "MultiEmbedding", "m
 from mlsd_jax.models.tabular import TabularNet  # noqa: E402
 
 __all__ += ["TabularNet"]
+from mlsd_jax.models.ctr import (DCNv2, DeepFM, FactorizationMachine, LogisticRegression,  # noqa: E402
+                                 WideDeep)
+from mlsd_jax.models.news import NRMS  # noqa: E402
+from mlsd_jax.models.recsys import GMF, MF, NCFMLP, NeuMF, SASRec, TwoTower  # noqa: E402
+
+__all__ += ["DCNv2", "DeepFM", "FactorizationMachine", "LogisticRegression", "WideDeep", "NRMS",
+            "GMF", "MF", "NCFMLP", "NeuMF", "SASRec", "TwoTower"]

@@ -8,6 +8,9 @@ from mlsd_jax.tasks.base import Task
 BUILDERS = {
     "ranking": "mlsd_jax.tasks.ranking:build_ranking_task",
     "tabular": "mlsd_jax.tasks.tabular:build_tabular_task",
+    "recommendation": "mlsd_jax.tasks.recommendation:build_recommendation_task",
+    "ctr": "mlsd_jax.tasks.ctr:build_ctr_task",
+    "news_feed": "mlsd_jax.tasks.news_feed:build_news_feed_task",
 }
 
 
