@@ -37,9 +37,13 @@ spinning OpenMP threads collapse when other processes hold cores (10x slower ste
 a shared 2-core host). Results go to ``benchmarks/results/ranking_throughput_<device>.{json,md}``
 (``--out-dir`` to change).
 
+The timing loop, the torch worker protocol, the statistics and the report helpers are shared
+with ``benchmarks/recsys_throughput.py`` through ``benchmarks/_harness.py``.
+
 PyTorch is optional (it is not a dependency of mlsd_jax): without it the torch rows are skipped
 and the reason is written into the results. The script imports neither hydra, omegaconf, grain
-nor tensorflow, so it runs on a machine with only jax/flax/optax/orbax/numpy/tqdm (and torch).
+nor tensorflow, so it runs on a machine with only jax/flax/optax/orbax/numpy/tqdm/pyyaml (and
+torch).
 
 Precision: float32 parameters and activations everywhere. On GPU, JAX's default matmul precision
 lets XLA use TF32 on Ampere and newer; torch gets the comparable setting
@@ -48,14 +52,8 @@ lets XLA use TF32 on Ampere and newer; torch gets the comparable setting
 from __future__ import annotations
 
 import argparse
-import importlib.util
-import json
-import math
 import os
-import platform
-import re
 import shutil
-import subprocess
 import sys
 import tempfile
 import time
@@ -63,9 +61,16 @@ from pathlib import Path
 
 import numpy as np
 
-ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _harness import (ROOT, RESULTS, JaxArm, RemoteArm, TorchArm,  # noqa: E402
+                      busy_cores, cpu_model, device_info, device_line, device_tag, fmt, host_notes,
+                      load_line, measure_steps, precision, ratio_cell, ratios, read_model_file,
+                      serve_torch, start_torch, time_arms, torch_hello, torch_worker_start,
+                      versions, versions_line, write_results)
+
 sys.path.insert(0, str(ROOT))
-RESULTS = ROOT / "benchmarks" / "results"
+__all__ = ["LIST_SIZE", "RESULTS", "busy_cores", "cpu_model", "device_tag", "measure_steps",
+           "open_store"]
 STORE_FILES = ("features.npy", "labels.npy", "qid_offsets.npy", "qids.npy", "meta.json")
 NUM_FEATURES = 136
 LIST_SIZE = 128
@@ -81,24 +86,12 @@ MODEL_CONFIG_DIRS = ("configs/ranking/model", "configs/model")
 
 
 def read_model_config(name: str) -> dict:
-    """``configs/ranking/model/<name>.yaml`` (flat ``key: value`` lines) without YAML."""
+    """``configs/ranking/model/<name>.yaml`` as the model's keyword arguments."""
     paths = [ROOT / d / f"{name}.yaml" for d in MODEL_CONFIG_DIRS]
     path = next((p for p in paths if p.is_file()), None)
     if path is None:
         raise FileNotFoundError(f"model config {name!r} not found in {MODEL_CONFIG_DIRS}")
-    out = {}
-    for raw in path.read_text().splitlines():
-        line = raw.split("#", 1)[0].strip()
-        if not line or line.startswith("_target_"):
-            continue
-        key, _, value = line.partition(":")
-        value = value.strip()
-        if value in ("true", "false"):
-            out[key.strip()] = value == "true"
-        else:
-            v = json.loads(value)
-            out[key.strip()] = tuple(v) if isinstance(v, list) else v
-    return out
+    return read_model_file(path)
 
 
 def run_settings(args, on_gpu: bool) -> dict:
@@ -172,78 +165,6 @@ def all_data(store, batch_size: int, cfg: dict) -> dict:
             "infer": {b: make_batches(store, b, 1, seed=100 + b)[0] for b in cfg["infer_sizes"]}}
 
 
-# ------------------------------------------------------------------------------------- timing
-
-
-def measure_steps(run_n, sync, cfg: dict) -> dict:
-    """Throughput of ``run_n(n)`` (n steps dispatched back to back), median over repeats, for
-    one contender on its own (``benchmarks/ranking_pipeline.py`` uses it)."""
-    t = time.perf_counter()
-    run_n(1)
-    sync()
-    first = time.perf_counter() - t
-    run_n(cfg["warmup_steps"])
-    sync()
-    n = steps_per_block(lambda k: (run_n(k), sync()), cfg)
-    rates = []
-    for _ in range(cfg["repeats"]):
-        t = time.perf_counter()
-        run_n(n)
-        sync()
-        rates.append(n / (time.perf_counter() - t))
-    return {"steps_per_s": float(np.median(rates)), "repeats_steps_per_s": rates,
-            "steps_per_repeat": n, "first_call_s": first}
-
-
-def steps_per_block(run, cfg: dict) -> int:
-    """Steps that take about ``train_target_s``, from a timed probe of 3 (``run(n)`` syncs)."""
-    t = time.perf_counter()
-    run(3)
-    per = (time.perf_counter() - t) / 3
-    return int(min(max(math.ceil(cfg["train_target_s"] / max(per, 1e-6)), 3), cfg["max_steps"]))
-
-
-def calls_per_block(per_call_s: float, cfg: dict) -> int:
-    n = math.ceil(cfg["infer_target_s"] / max(per_call_s, 1e-6))
-    return int(min(max(n, cfg["infer_min_calls"]), cfg["infer_max_calls"]))
-
-
-def interleave(blocks: dict, repeats: int) -> tuple[dict, list]:
-    """Runs ``blocks[arm]()`` for every arm, round after round (the order rotates each round so
-    no arm always follows the same one). Returns ``{arm: [result per round]}`` and the 1-minute
-    load average at the start of each round."""
-    out = {k: [] for k in blocks}
-    loads = []
-    names = list(blocks)
-    for r in range(repeats):
-        loads.append(os.getloadavg()[0] if hasattr(os, "getloadavg") else None)
-        for k in names[r % len(names):] + names[:r % len(names)]:
-            out[k].append(blocks[k]())
-    return out, loads
-
-
-def spread(values) -> dict:
-    v = [float(x) for x in values]
-    return {"median": float(np.median(v)), "min": min(v), "max": max(v), "repeats": v}
-
-
-def train_row(rates: list, first_call_s: float, steps: int, batch: int) -> dict:
-    s = spread(rates)
-    return {"steps_per_s": s["median"], "steps_per_s_min": s["min"], "steps_per_s_max": s["max"],
-            "repeats_steps_per_s": s["repeats"], "docs_per_s": s["median"] * batch * LIST_SIZE,
-            "steps_per_repeat": steps, "first_call_s": first_call_s}
-
-
-def infer_row(blocks: list, size: int, first_call_s: float) -> dict:
-    """``blocks``: per round, the list of per-call latencies in seconds."""
-    lat = np.concatenate([np.asarray(b, float) for b in blocks])
-    s = spread([size * len(b) / max(sum(b), 1e-12) for b in blocks])
-    return {"p50_ms": float(np.percentile(lat, 50) * 1e3), "p99_ms": float(np.percentile(lat, 99) * 1e3),
-            "mean_ms": float(lat.mean() * 1e3), "calls": int(lat.size),
-            "lists_per_s": s["median"], "lists_per_s_min": s["min"], "lists_per_s_max": s["max"],
-            "repeats_lists_per_s": s["repeats"], "first_call_s": first_call_s}
-
-
 # ---------------------------------------------------------------------------------------- JAX
 
 
@@ -276,69 +197,16 @@ def make_task(model, stats: dict, example_batch: dict):
         serving="mlsd_jax.tasks.ranking:serving", target_metric="ndcg@10")
 
 
-class JaxRanker:
+def jax_ranker(name: str, data: dict, args) -> JaxArm:
     """One JAX model: the framework's train step and predict function on staged batches."""
+    from mlsd_jax.models import ListwiseAttentionRanker, MLPRanker
+    from mlsd_jax.training.optim import OptimConfig
 
-    def __init__(self, name: str, model_cfg: dict, data: dict, args, cfg: dict):
-        import jax
-
-        from mlsd_jax.models import ListwiseAttentionRanker, MLPRanker
-        from mlsd_jax.sharding import MeshConfig, make_mesh
-        from mlsd_jax.tasks.base import predict_fn
-        from mlsd_jax.training.optim import OptimConfig
-        from mlsd_jax.training.trainer import Trainer, TrainerConfig
-
-        model = (ListwiseAttentionRanker if name == "attn_ranker" else MLPRanker)(**model_cfg)
-        self.task = make_task(model, data["stats"], data["train"][0])
-        mesh = make_mesh(MeshConfig(num_devices=1))
-        self.trainer = Trainer(self.task, TrainerConfig(
-            max_steps=SCHEDULE_STEPS, batch_size=args.batch, eval_every=0, patience=0,
-            progress=False), OptimConfig(), mesh)
-        self.state = self.trainer.init_state()
-        self.params = int(sum(x.size for x in jax.tree.leaves(self.state.params)))
-        self.staged = [self.trainer.put_batch(b) for b in data["train"]]
-        self.rng = jax.device_put(jax.random.key(0), jax.sharding.NamedSharding(
-            mesh, jax.sharding.PartitionSpec()))
-        self.i, self.metrics, self.cfg = 0, None, cfg
-        self.predict = jax.jit(predict_fn(model, self.task.signatures["serving_default"]))
-        self.infer_inputs = {b: {k: jax.device_put(v) for k, v in x.items()
-                                 if k in ("features", "mask")} for b, x in data["infer"].items()}
-
-    def _run(self, n: int) -> None:
-        st = self.state
-        for _ in range(n):
-            st, self.metrics = self.trainer.train_step(st, self.staged[self.i % len(self.staged)],
-                                                       self.rng)
-            self.i += 1
-        self.state = st
-
-    def train(self, n: int) -> float:
-        import jax
-
-        t = time.perf_counter()
-        self._run(n)
-        jax.block_until_ready((self.state, self.metrics))
-        return time.perf_counter() - t
-
-    def first_train(self) -> float:
-        first = self.train(1)
-        self.train(self.cfg["warmup_steps"])
-        return first
-
-    def infer(self, size: int, calls: int) -> list[float]:
-        import jax
-
-        variables = {"params": self.state.params, **self.state.model_state}
-        x, consts = self.infer_inputs[size], self.state.consts
-        lat = []
-        for _ in range(calls):
-            t = time.perf_counter()
-            jax.block_until_ready(self.predict(variables, consts, x))
-            lat.append(time.perf_counter() - t)
-        return lat
-
-    def final_loss(self) -> float:
-        return float(self.metrics["train/loss"])
+    model = (ListwiseAttentionRanker if name == "attn_ranker" else MLPRanker)(
+        **read_model_config(name))
+    task = make_task(model, data["stats"], data["train"][0])
+    infer = {b: {k: x[k] for k in ("features", "mask")} for b, x in data["infer"].items()}
+    return JaxArm(task, OptimConfig(), args.batch, data["train"], infer, SCHEDULE_STEPS)
 
 
 # -------------------------------------------------------------------------------------- torch
@@ -438,104 +306,21 @@ def torch_modules():
     return TorchMLPRanker, TorchAttentionRanker, lambdarank
 
 
-def warmup_cosine(step: int, cfg) -> float:
-    """optax.warmup_cosine_decay_schedule(0, lr, warmup, SCHEDULE_STEPS, lr * end_factor)."""
-    warm = min(cfg.warmup_steps, SCHEDULE_STEPS - 1)
-    if step < warm:
-        return cfg.lr * step / warm
-    t = min(step - warm, SCHEDULE_STEPS - warm) / (SCHEDULE_STEPS - warm)
-    end = cfg.lr * cfg.end_lr_factor
-    return end + (cfg.lr - end) * 0.5 * (1 + math.cos(math.pi * t))
-
-
-class TorchRanker:
+def torch_ranker(name: str, mode: str, data: dict, device, ocfg, modules,
+                 single_tensor: bool = False) -> TorchArm:
     """One torch model in one arm (``eager`` or ``compile``), in the worker process."""
+    import torch
 
-    def __init__(self, name: str, mode: str, data: dict, device, ocfg, modules,
-                 single_tensor: bool = False):
-        import torch
-
-        TorchMLPRanker, TorchAttentionRanker, self.lambdarank = modules
-        cls = TorchAttentionRanker if name == "attn_ranker" else TorchMLPRanker
-        torch.manual_seed(0)
-        self.model = cls(data["stats"], NUM_FEATURES, **read_model_config(name)).to(device)
-        self.params = sum(p.numel() for p in self.model.parameters())
-        self.device, self.on_gpu = device, device.type == "cuda"
-        self.sync = torch.cuda.synchronize if self.on_gpu else (lambda: None)
-        dev = lambda b: {k: torch.from_numpy(v).to(device) for k, v in b.items()}  # noqa: E731
-        self.staged = [dev(b) for b in data["train"]]
-        self.infer_inputs = {b: dev(x) for b, x in data["infer"].items()}
-        self.optimizer_kind = self._make_optimizer(mode, ocfg, single_tensor)
-        self.sched = torch.optim.lr_scheduler.LambdaLR(
-            self.opt, lambda s: warmup_cosine(s, ocfg) / ocfg.lr)
-        model, opt, lambdarank, clip = self.model, self.opt, self.lambdarank, ocfg.clip_norm
-
-        def step(f, y, m):
-            opt.zero_grad(set_to_none=True)
-            loss = lambdarank(model(f, m), y, m)
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(model.parameters(), clip)
-            opt.step()
-            return loss.detach()
-
-        def predict(f, m):
-            return model(f, m)
-
-        if mode == "compile":
-            # The whole step: forward, loss, backward, clipping and AdamW (dynamo compiles the
-            # optimizer step as its own graph); CUDA graphs on GPU.
-            kw = dict(dynamic=False, mode="reduce-overhead" if self.on_gpu else None)
-            step, predict = torch.compile(step, **kw), torch.compile(predict, **kw)
-        self.step, self.predict_fn = step, predict
-        self.i, self.loss = 0, None
-
-    def _make_optimizer(self, mode: str, ocfg, single_tensor: bool) -> str:
-        import torch
-
-        kw = dict(betas=(ocfg.b1, ocfg.b2), weight_decay=ocfg.weight_decay, eps=1e-8)
-        params = list(self.model.parameters())
-        if mode == "compile" and not self.on_gpu and single_tensor:
-            self.opt = torch.optim.AdamW(params, lr=torch.tensor(ocfg.lr), foreach=False, **kw)
-            return "AdamW(foreach=False, tensor lr), compiled"
-        if mode == "compile" and not self.on_gpu:
-            # Compiled multi-tensor AdamW; a tensor learning rate keeps the schedule from
-            # recompiling the step (capturable: only the compiled path allows it on CPU).
-            self.opt = torch.optim.AdamW(params, lr=torch.tensor(ocfg.lr), foreach=True,
-                                         capturable=True, **kw)
-            return "AdamW(foreach=True, capturable=True, tensor lr), compiled"
-        lr = torch.tensor(ocfg.lr, device=self.device) if mode == "compile" else ocfg.lr
-        try:  # the fused kernel: CUDA, and CPU since torch 2.4
-            self.opt = torch.optim.AdamW(params, lr=lr, fused=True, **kw)
-            return "AdamW(fused=True" + (", tensor lr), inside the compiled step"
-                                         if mode == "compile" else ")")
-        except (RuntimeError, ValueError, TypeError):
-            self.opt = torch.optim.AdamW(params, lr=ocfg.lr, **kw)
-            return "AdamW (default implementation)"
-
-    def train(self, n: int) -> float:
-        self.model.train()
-        t = time.perf_counter()
-        for _ in range(n):
-            b = self.staged[self.i % len(self.staged)]
-            self.i += 1
-            self.loss = self.step(b["features"], b["label"], b["mask"])
-            self.sched.step()
-        self.sync()
-        return time.perf_counter() - t
-
-    def infer(self, size: int, calls: int) -> list[float]:
-        import torch
-
-        self.model.eval()
-        x = self.infer_inputs[size]
-        lat = []
-        for _ in range(calls):
-            t = time.perf_counter()
-            with torch.inference_mode():
-                self.predict_fn(x["features"], x["mask"])
-            self.sync()
-            lat.append(time.perf_counter() - t)
-        return lat
+    TorchMLPRanker, TorchAttentionRanker, lambdarank = modules
+    cls = TorchAttentionRanker if name == "attn_ranker" else TorchMLPRanker
+    torch.manual_seed(0)
+    model = cls(data["stats"], NUM_FEATURES, **read_model_config(name))
+    arm = TorchArm(model, data["train"], data["infer"], device)
+    model = arm.model
+    return arm.use_adamw(
+        lambda b: lambdarank(model(b["features"], b["mask"]), b["label"], b["mask"]),
+        lambda x: model(x["features"], x["mask"]), mode, ocfg, SCHEDULE_STEPS,
+        single_tensor=single_tensor)
 
 
 def loss_check(lambdarank, torch, device) -> dict:
@@ -560,170 +345,41 @@ def loss_check(lambdarank, torch, device) -> dict:
 
 
 def torch_worker(args) -> None:
-    """Child process: builds the torch arms on request and times blocks, one JSON line per
-    command on stdin, one JSON line per answer on stdout (library output goes to stderr)."""
-    out, sys.stdout = sys.stdout, sys.stderr
-    import torch
-    import torch._inductor.config as inductor_config
-
+    """Child process: builds the torch arms on request and times blocks (see
+    ``_harness.serve_torch``)."""
+    out, torch, device = torch_worker_start()
     from mlsd_jax.training.optim import OptimConfig
 
-    inductor_config.fallback_random = True  # the same RNG calls as eager
-    on_gpu = torch.cuda.is_available()
-    device = torch.device("cuda" if on_gpu else "cpu")
-    if on_gpu:
-        torch.backends.cuda.matmul.allow_tf32 = True
-        torch.backends.cudnn.allow_tf32 = True
-    else:
-        torch.set_num_threads(os.cpu_count())
+    on_gpu = device.type == "cuda"
     cfg = run_settings(args, on_gpu)
     data = all_data(open_store(args.store), args.batch, cfg)
     modules = torch_modules()
-    arms: dict = {}
 
-    def reply(obj) -> None:
-        out.write(json.dumps(obj) + "\n")
-        out.flush()
-
-    reply({"device": torch.cuda.get_device_name(0) if on_gpu else cpu_model(),
-           "device_type": device.type, "torch": torch.__version__,
-           "threads": torch.get_num_threads(), "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY"),
-           "tf32": bool(on_gpu and torch.backends.cuda.matmul.allow_tf32),
-           "loss_check": loss_check(modules[2], torch, device)})
-    for line in sys.stdin:
-        msg = json.loads(line)
-        cmd = msg["cmd"]
-        if cmd == "quit":
-            break
-        key = (msg.get("model"), msg.get("mode"))
+    def setup(model: str, mode: str):
         try:
-            if cmd == "setup":
-                try:
-                    arm = TorchRanker(*key, data, device, OptimConfig(), modules)
-                    first = arm.train(1)
-                except Exception:  # noqa: BLE001 -- the compiled multi-tensor AdamW on CPU
-                    if key[1] != "compile" or on_gpu:
-                        raise
-                    arm = TorchRanker(*key, data, device, OptimConfig(), modules, True)
-                    first = arm.train(1)
-                arms[key] = arm
-                arm.train(cfg["warmup_steps"])
-                infer_first = {}
-                for b in cfg["infer_sizes"]:
-                    infer_first[b] = arm.infer(b, 1)[0]
-                    arm.infer(b, 2)
-                reply({"params": arm.params, "first_call_s": first, "optimizer": arm.optimizer_kind,
-                       "infer_first_call_s": infer_first})
-            elif cmd == "train":
-                reply({"seconds": arms[key].train(msg["n"])})
-            elif cmd == "infer":
-                reply({"latencies": arms[key].infer(msg["size"], msg["calls"])})
-            elif cmd == "loss":
-                reply({"loss": float(arms[key].loss)})
-            else:
-                reply({"error": f"unknown command {cmd!r}"})
-        except Exception as e:  # noqa: BLE001 -- reported to the parent, which records it
-            arms.pop(key, None) if cmd == "setup" else None
-            reply({"error": f"{type(e).__name__}: {str(e).strip()[:400]}"})
+            arm = torch_ranker(model, mode, data, device, OptimConfig(), modules)
+            return arm, arm.train(1)
+        except Exception:  # noqa: BLE001 -- the compiled multi-tensor AdamW on CPU
+            if mode != "compile" or on_gpu:
+                raise
+            arm = torch_ranker(model, mode, data, device, OptimConfig(), modules, True)
+            return arm, arm.train(1)
+
+    serve_torch(out, setup, {**torch_hello(torch, device),
+                             "loss_check": loss_check(modules[2], torch, device)}, cfg)
 
 
-class TorchPeer:
-    """The parent's handle on the torch worker process."""
-
-    def __init__(self, args, tmp: Path):
-        cmd = [sys.executable, str(Path(__file__).resolve()), "--torch-worker",
-               "--batch", str(args.batch), "--pool", str(args.pool)]
-        if args.store:
-            cmd += ["--store", str(args.store)]
-        if args.quick:
-            cmd.append("--quick")
-        # The child uses JAX only for the loss check; fresh compiler caches make the
-        # torch.compile first-call time a cold compile, as JAX's is.
-        env = dict(os.environ, JAX_PLATFORMS="cpu",
-                   TORCHINDUCTOR_CACHE_DIR=str(tmp / "inductor"),
-                   TRITON_CACHE_DIR=str(tmp / "triton"))
-        env.setdefault("OMP_WAIT_POLICY", "PASSIVE")
-        self.log = tmp / "torch_worker.log"
-        self.proc = subprocess.Popen(cmd, env=env, cwd=ROOT, text=True, stdin=subprocess.PIPE,
-                                     stdout=subprocess.PIPE, stderr=self.log.open("w"))
-        self.info = self._read()
-
-    def _read(self) -> dict:
-        line = self.proc.stdout.readline()
-        if not line:
-            tail = self.log.read_text().strip().splitlines()[-15:]
-            raise RuntimeError(f"torch worker exited ({self.proc.poll()}): " + " | ".join(tail))
-        return json.loads(line)
-
-    def request(self, **msg) -> dict:
-        self.proc.stdin.write(json.dumps(msg) + "\n")
-        self.proc.stdin.flush()
-        return self._read()
-
-    def close(self) -> None:
-        if self.proc.poll() is None:
-            try:
-                self.proc.stdin.write(json.dumps({"cmd": "quit"}) + "\n")
-                self.proc.stdin.close()
-                self.proc.wait(timeout=60)
-            except (OSError, subprocess.TimeoutExpired):
-                self.proc.kill()
-
-
-def start_torch(args, tmp: Path):
-    """``(peer, None)`` or ``(None, reason)`` when torch is absent or does not start."""
-    if args.no_torch:
-        return None, "--no-torch"
-    if importlib.util.find_spec("torch") is None:
-        return None, "PyTorch is not installed (pip install torch); torch rows skipped"
-    try:
-        return TorchPeer(args, tmp), None
-    except (RuntimeError, OSError, json.JSONDecodeError) as e:
-        return None, f"torch worker failed: {e}"
+def worker_args(args) -> list[str]:
+    """The command-line arguments the torch worker needs to rebuild the same data."""
+    out = ["--batch", str(args.batch), "--pool", str(args.pool)]
+    if args.store:
+        out += ["--store", str(args.store)]
+    if args.quick:
+        out.append("--quick")
+    return out
 
 
 # ------------------------------------------------------------------------------------- report
-
-
-def busy_cores(seconds: float = 1.0) -> float | None:
-    """Cores kept busy by the whole host over a short window (from /proc/stat; Linux only)."""
-    def sample():
-        v = [int(x) for x in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
-        return sum(v), v[3] + v[4]  # total, idle + iowait
-
-    try:
-        t0, i0 = sample()
-        time.sleep(seconds)
-        t1, i1 = sample()
-    except (OSError, ValueError, IndexError):
-        return None
-    return (1.0 - (i1 - i0) / max(t1 - t0, 1)) * (os.cpu_count() or 1)
-
-
-def cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "cpu"
-
-
-def device_tag(kind: str, platform_name: str) -> str:
-    if platform_name == "cpu":
-        return "cpu"
-    m = re.search(r"\b([a-z]{1,2}\d{2,4}[a-z]?)\b", kind.lower().replace("nvidia", ""))
-    return m.group(1) if m else re.sub(r"[^a-z0-9]+", "_", kind.lower()).strip("_") or platform_name
-
-
-def ratios(jax_row: dict, torch_row: dict | None, key: str) -> dict | None:
-    """Median JAX / median torch, and the spread of the per-round (paired) ratios."""
-    if not jax_row or not torch_row:
-        return None
-    paired = [a / b for a, b in zip(jax_row[f"repeats_{key}"], torch_row[f"repeats_{key}"])]
-    return {"median_ratio": jax_row[key] / torch_row[key], "paired_min": min(paired),
-            "paired_median": float(np.median(paired)), "paired_max": max(paired)}
 
 
 def build_rows(results: dict, batch: int) -> list[dict]:
@@ -742,44 +398,23 @@ def build_rows(results: dict, batch: int) -> list[dict]:
     return rows
 
 
-def _fmt(x, digits=3):
-    if x is None:
-        return "—"
-    if x >= 1e6:
-        return f"{x / 1e6:.2f}M"
-    if x >= 1e5:
-        return f"{x / 1e3:,.0f}k"
-    return f"{x:.{digits}g}" if x < 100 else f"{x:,.0f}"
-
-
 def _cell(r):
     if not r:
         return "—"
     if "steps_per_s" in r:
-        return (f"{_fmt(r['steps_per_s'])} steps/s ({_fmt(r['steps_per_s_min'])}–"
-                f"{_fmt(r['steps_per_s_max'])}) · {_fmt(r['docs_per_s'])} docs/s")
-    return (f"{_fmt(r['lists_per_s'])} lists/s ({_fmt(r['lists_per_s_min'])}–"
-            f"{_fmt(r['lists_per_s_max'])}) · p50 {_fmt(r['p50_ms'])} ms · p99 {_fmt(r['p99_ms'])} ms")
-
-
-def _ratio(x):
-    if x is None:
-        return "—"
-    return f"**{x['median_ratio']:.2f}×** ({x['paired_min']:.2f}–{x['paired_max']:.2f})"
+        return (f"{fmt(r['steps_per_s'])} steps/s ({fmt(r['steps_per_s_min'])}–"
+                f"{fmt(r['steps_per_s_max'])}) · {fmt(r['docs_per_s'])} docs/s")
+    return (f"{fmt(r['lists_per_s'])} lists/s ({fmt(r['lists_per_s_min'])}–"
+            f"{fmt(r['lists_per_s_max'])}) · p50 {fmt(r['p50_ms'])} ms · p99 {fmt(r['p99_ms'])} ms")
 
 
 def markdown(results: dict) -> str:
-    d, v, s, t = results["device"], results["versions"], results["settings"], results["torch"]
-    loads = [x for x in results["load_avg_1min"] if x is not None]
+    d, s, t = results["device"], results["settings"], results["torch"]
     lines = [
         f"# Ranking throughput: JAX (mlsd_jax) vs PyTorch — {d['tag']}",
         "",
-        f"- device: JAX `{d['jax']}` ({d['jax_platform']}); torch `{d.get('torch') or '—'}` "
-        f"({d.get('torch_device_type') or '—'}, {d.get('torch_threads') or '—'} threads, "
-        f"OMP_WAIT_POLICY={t.get('omp_wait_policy') or 'unset'}); host {d['host_cpus']} CPU "
-        f"cores ({d['host_cpu']})",
-        f"- versions: python {v['python']}, jax {v['jax']}, jaxlib {v['jaxlib']}, flax {v['flax']}, "
-        f"optax {v['optax']}, numpy {v['numpy']}, torch {v.get('torch') or '—'}",
+        device_line(d, t),
+        versions_line(results["versions"]),
         f"- precision: {results['precision']}",
         f"- data: {s['data']}; batches [B, {LIST_SIZE}, {NUM_FEATURES}], train B = {s['batch']} lists "
         f"({s['batch'] * LIST_SIZE} doc slots/step, padding included), pool of {s['pool']} batches "
@@ -791,9 +426,7 @@ def markdown(results: dict) -> str:
         f"~{s['infer_target_s']} s (inference) blocks each; median (min–max over rounds); ratio = "
         f"JAX / torch medians (min–max of the per-round paired ratios), > 1: JAX faster"
         + (" (--quick)" if s["quick"] else ""),
-        f"- load average (1 min) over the rounds: "
-        + (f"{min(loads):.2f}–{max(loads):.2f} on {d['host_cpus']} cores" if loads else "n/a")
-        + f"; other work before/after: {results['device']['other_busy_cores_before_after']} cores",
+        load_line(results),
         "",
         "| model | measurement | JAX | torch eager | torch.compile | JAX / eager | JAX / compile |",
         "|---|---|---|---|---|---|---|",
@@ -802,8 +435,8 @@ def markdown(results: dict) -> str:
         what = (f"train, B={r['batch_lists']}" if r["measurement"] == "train"
                 else f"predict, {r['batch_lists']} list{'s' if r['batch_lists'] > 1 else ''}")
         lines.append(f"| {r['model']} | {what} | {_cell(r['jax'])} | {_cell(r['torch_eager'])} | "
-                     f"{_cell(r['torch_compile'])} | {_ratio(r['vs_eager'])} | "
-                     f"{_ratio(r['vs_compile'])} |")
+                     f"{_cell(r['torch_compile'])} | {ratio_cell(r['vs_eager'])} | "
+                     f"{ratio_cell(r['vs_compile'])} |")
     lines += ["", "| model | params JAX | params torch | first train step (compile) JAX / eager / "
               "torch.compile, s |", "|---|---|---|---|"]
     for name, j in results["jax"].items():
@@ -823,61 +456,19 @@ def markdown(results: dict) -> str:
 # --------------------------------------------------------------------------------------- main
 
 
-def torch_arms(peer, name: str, modes, notes: list) -> dict:
-    """Sets up (compiles) the torch arms of one model; returns ``{mode: setup answer}``."""
-    arms = {}
-    if peer is None:
-        return arms
-    for mode in modes:
-        ans = peer.request(cmd="setup", model=name, mode=mode)
-        if "error" in ans:
-            notes.append(f"torch {mode} failed for {name}, its rows are skipped: {ans['error']}")
-            print(f"torch {mode} {name}: {ans['error']}", flush=True)
-            continue
-        arms[mode] = ans
-        print(f"torch {mode} {name}: ready (first step {ans['first_call_s']:.1f} s)", flush=True)
-    return arms
-
-
 def bench_model(name: str, data: dict, args, cfg: dict, peer, modes, notes: list):
     """Both frameworks' arms of one model, interleaved. Returns ``(jax_result, torch_result)``."""
-    jx = JaxRanker(name, read_model_config(name), data, args, cfg)
-    jax_first = jx.first_train()
-    jax_infer_first = {}
-    for b in cfg["infer_sizes"]:
-        jax_infer_first[b] = jx.infer(b, 1)[0]
-        jx.infer(b, 2)
+    jx = jax_ranker(name, data, args)
+    jax_first, jax_infer_first = jx.warm_up(cfg)
     print(f"jax {name}: ready (first step {jax_first:.1f} s)", flush=True)
-    tarms = torch_arms(peer, name, modes, notes)
-
-    def train_block(mode):
-        if mode == "jax":
-            return jx.train
-        return lambda n: peer.request(cmd="train", model=name, mode=mode, n=n)["seconds"]
-
-    def infer_block(mode, size):
-        if mode == "jax":
-            return lambda calls: jx.infer(size, calls)
-        return lambda calls: peer.request(cmd="infer", model=name, mode=mode, size=size,
-                                          calls=calls)["latencies"]
-
-    arms = ["jax", *tarms]
-    loads = []
-    steps = {a: steps_per_block(train_block(a), cfg) for a in arms}
-    runs, l = interleave({a: (lambda a=a: steps[a] / train_block(a)(steps[a])) for a in arms},
-                         cfg["repeats"])
-    loads += l
-    first = {"jax": jax_first, **{m: tarms[m]["first_call_s"] for m in tarms}}
-    rows = {a: {"train": train_row(runs[a], first[a], steps[a], args.batch)} for a in arms}
-    for b in cfg["infer_sizes"]:
-        calls = {a: calls_per_block(float(np.median(infer_block(a, b)(3))), cfg) for a in arms}
-        lat, l = interleave({a: (lambda a=a: infer_block(a, b)(calls[a])) for a in arms},
-                            cfg["repeats"])
-        loads += l
-        ifirst = {"jax": jax_infer_first[b],
-                  **{m: tarms[m]["infer_first_call_s"][str(b)] for m in tarms}}
-        for a in arms:
-            rows[a][f"infer_{b}"] = infer_row(lat[a], b, ifirst[a])
+    tarms = peer.setup(name, modes, notes) if peer is not None else {}
+    arms = {"jax": jx, **{m: RemoteArm(peer, name, m) for m in tarms}}
+    rows, loads = time_arms(
+        arms, cfg, first_train={"jax": jax_first, **{m: tarms[m]["first_call_s"] for m in tarms}},
+        first_infer={"jax": jax_infer_first,
+                     **{m: {b: tarms[m]["infer_first_call_s"][str(b)] for b in cfg["infer_sizes"]}
+                        for m in tarms}},
+        items_per_step=args.batch * LIST_SIZE, item="docs", unit="lists")
     jax_res = {"params": jx.params, "final_loss": jx.final_loss(), "rows": rows["jax"],
                "load_avg_1min": loads}
     torch_res = {"rows": {m: rows[m] for m in tarms}}
@@ -885,7 +476,7 @@ def bench_model(name: str, data: dict, args, cfg: dict, peer, modes, notes: list
         torch_res["params"] = next(iter(tarms.values()))["params"]
         torch_res["optimizer"] = {m: tarms[m]["optimizer"] for m in tarms}
         for m in tarms:
-            torch_res[f"final_loss_{m}"] = peer.request(cmd="loss", model=name, mode=m)["loss"]
+            torch_res[f"final_loss_{m}"] = arms[m].loss()
     print(f"{name}: done", flush=True)
     return jax_res, torch_res
 
@@ -935,14 +526,11 @@ def main(argv=None) -> int:
     busy_start = busy_cores()  # nothing of ours runs yet: this is other work on the host
     store = open_store(args.store)
     tmp = Path(tempfile.mkdtemp(prefix="ranking_throughput_"))
-    peer, skipped = start_torch(args, tmp)
+    peer, skipped = start_torch(args.no_torch, Path(__file__), worker_args(args), tmp)
     notes: list[str] = []
     torch_res: dict = {"skipped": skipped} if skipped else {**peer.info, "models": {}}
     try:
-        import flax
         import jax
-        import jaxlib
-        import optax
 
         plat = jax.default_backend()
         cfg = run_settings(args, plat != "cpu")
@@ -958,23 +546,12 @@ def main(argv=None) -> int:
         shutil.rmtree(tmp, ignore_errors=True)
 
     dev = jax.devices()[0]
-    busy_end = busy_cores()
-    busy = [b for b in (busy_start, busy_end) if b is not None]
-    if plat == "cpu" and busy and max(busy) > 0.25:
-        notes.append(f"other work kept {max(busy):.1f} of {os.cpu_count()} cores busy before or "
-                     "after the run: CPU figures are disturbed (the interleaving spreads the "
-                     "disturbance over all arms)")
-    if skipped:
-        notes.append(f"torch rows skipped: {skipped}")
-    elif "compile" not in modes:
-        notes.append("torch.compile arm not run (--quick or --torch-modes)")
+    busy = (busy_start, busy_cores())
+    notes += host_notes(plat, busy, torch_res, skipped, modes)
     for name, tm in torch_res.get("models", {}).items():
         if tm.get("params") is not None and tm["params"] != jax_res[name]["params"]:
             notes.append(f"{name}: parameter counts differ (JAX {jax_res[name]['params']:,}, "
                          f"torch {tm['params']:,})")
-    if torch_res.get("device_type") and torch_res["device_type"] != ("cpu" if plat == "cpu" else "cuda"):
-        notes.append(f"JAX runs on {plat} but torch on {torch_res['device_type']}: ratios compare "
-                     "different devices")
     lc = torch_res.get("loss_check", {})
     if "abs_diff" in lc:
         notes.append(f"loss check: torch LambdaRank {lc['torch']:.6f} vs mlsd_jax "
@@ -1002,19 +579,9 @@ def main(argv=None) -> int:
         "benchmark": "ranking_throughput",
         "date": time.strftime("%Y-%m-%d %H:%M:%S"),
         "command": "python benchmarks/ranking_throughput.py " + " ".join(sys.argv[1:] if argv is None else argv),
-        "device": {"tag": device_tag(dev.device_kind, plat), "jax": dev.device_kind,
-                   "jax_platform": plat, "torch": torch_res.get("device"),
-                   "torch_device_type": torch_res.get("device_type"),
-                   "host_cpus": os.cpu_count(), "torch_threads": torch_res.get("threads"),
-                   "other_busy_cores_before_after": [busy_start, busy_end],
-                   "host_cpu": cpu_model(), "machine": platform.platform()},
-        "versions": {"python": platform.python_version(), "jax": jax.__version__,
-                     "jaxlib": jaxlib.__version__, "flax": flax.__version__,
-                     "optax": optax.__version__, "numpy": np.__version__,
-                     "torch": torch_res.get("torch")},
-        "precision": ("float32; JAX default matmul precision (XLA may use TF32 on GPU); torch "
-                      f"allow_tf32={torch_res.get('tf32')}" if plat != "cpu"
-                      else "float32 (CPU, no TF32) in both"),
+        "device": device_info(dev, plat, torch_res, busy),
+        "versions": versions(torch_res),
+        "precision": precision(plat, torch_res),
         "settings": {**cfg, "batch": args.batch, "list_size": LIST_SIZE, "torch_modes": modes,
                      "num_features": NUM_FEATURES, "quick": args.quick,
                      "xla_flags": os.environ.get("XLA_FLAGS", ""),
@@ -1025,14 +592,7 @@ def main(argv=None) -> int:
     }
     results["rows"] = build_rows(results, args.batch)
     results["wall_s"] = time.perf_counter() - t_start
-    out = Path(args.out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    stem = out / f"ranking_throughput_{results['device']['tag']}"
-    stem.with_suffix(".json").write_text(json.dumps(results, indent=1, default=str))
-    md = markdown(results)
-    stem.with_suffix(".md").write_text(md)
-    print(md)
-    print(f"wrote {stem}.json and {stem}.md in {results['wall_s']:.0f} s")
+    write_results(args.out_dir, "ranking_throughput", results, markdown(results))
     return 0
 
 

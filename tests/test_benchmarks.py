@@ -23,6 +23,18 @@ QUICK = {
                             ["ranking_pipeline_cpu.json", "ranking_pipeline_cpu.md"]),
     "tabular_quality.py": (["--quick", "--out", "{out}"],
                            ["tabular_quality_quick.json", "tabular_quality_quick.md"]),
+    "recommendation_quality.py": (["--quick", "--out-dir", "{out}"],
+                                  ["recommendation_quality_quick.json",
+                                   "recommendation_quality_quick.md"]),
+    "ctr_quality.py": (["--quick", "--out", "{out}"],
+                       ["ctr_quality_quick.json", "ctr_quality_quick.md"]),
+    "criteo_reader.py": (["--quick", "--out", "{out}"],
+                         ["criteo_reader_quick.json", "criteo_reader_quick.md"]),
+    "news_feed_quality.py": (["--quick", "--out", "{out}"],
+                             ["news_feed_quality_quick.json", "news_feed_quality_quick.md"]),
+    "recsys_throughput.py": (["--quick", "--out-dir", "{out}"],
+                             ["recsys_throughput_cpu.json", "recsys_throughput_cpu.md"]),
+    "serving.py": (["--quick", "--out-dir", "{out}"], ["serving_cpu_quick.json", "serving_cpu_quick.md"]),
 }
 
 
