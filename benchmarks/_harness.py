@@ -622,8 +622,8 @@ def precision(plat: str, torch_res: dict) -> str:
             f"allow_tf32={torch_res.get('tf32')}")
 
 
-def host_notes(plat: str, busy: Sequence, torch_res: dict, skipped: str | None, modes,
-               compile_mode: str = "compile") -> list[str]:
+def host_notes(plat: str, busy: Sequence, torch_res: dict, skipped: str | None,
+               modes: Sequence[str]) -> list[str]:
     """Notes every results file carries: other work on the host, missing torch arms, devices
     that differ."""
     notes = []
@@ -634,9 +634,10 @@ def host_notes(plat: str, busy: Sequence, torch_res: dict, skipped: str | None, 
                      "disturbance over all arms)")
     if skipped:
         notes.append(f"torch rows skipped: {skipped}")
-    elif compile_mode not in modes:
+    elif "compile" not in modes:
         notes.append("torch.compile arm not run (--quick or --torch-modes)")
-    if torch_res.get("device_type") and torch_res["device_type"] != ("cpu" if plat == "cpu" else "cuda"):
+    expected = "cpu" if plat == "cpu" else "cuda"
+    if torch_res.get("device_type") and torch_res["device_type"] != expected:
         notes.append(f"JAX runs on {plat} but torch on {torch_res['device_type']}: ratios compare "
                      "different devices")
     return notes

@@ -988,6 +988,10 @@ def markdown(results: dict) -> str:
         f"- precision: {results['precision']}",
         f"- data: {s['data']}",
         f"- models: {s['models_text']}",
+        "- losses: the tasks' own — CTR: weighted sigmoid cross-entropy + "
+        f"{s.get('embedding_l2', embedding_l2())} × the squared norm of the embedding rows each "
+        "example reads (`task.embedding_l2`); NeuMF: pointwise log loss over the positive and "
+        f"{NEGATIVES} negatives; two-tower: in-batch softmax with log-Q correction",
         f"- training: batch {s['batch']}, pool of {s['pool']} staged batches; AdamW (lr 1e-3, "
         "warmup + cosine, wd 1e-4 on kernels), grad clip 1.0. JAX: `Trainer.train_step`; "
         "torch.compile: the whole step (forward, backward, clipping, optimizer), "
@@ -1228,6 +1232,7 @@ def main(argv=None) -> int:
         "settings": {**cfg, "batch": args.batch, "torch_modes": modes, "jax_arms": jax_arms,
                      "quick": args.quick, "xla_flags": os.environ.get("XLA_FLAGS", ""),
                      "data": data_text, "models_text": models_text, "simulated": True,
+                     "embedding_l2": embedding_l2(),
                      "cardinalities": {n: cardinalities(n, sz) for n in args.models}},
         "model_configs": {n: model_config(n, sz) for n in args.models},
         "load_avg_1min": loads, "jax": jax_res, "torch": torch_res, "notes": notes,
