@@ -309,7 +309,8 @@ def test_criteo_reader_reads_the_upstream_format_with_empty_fields(tmp_path):
     np.testing.assert_array_equal(again[0].ints, whole[0].ints)
 
 
-@pytest.mark.parametrize("line,field,problem", [
+@pytest.mark.parametrize("line,field,problem", ids=["39 fields", "label 2", "empty label",
+                                                    "float", "text"], argvalues=[
     (CRITEO_LINE.rsplit("\t", 1)[0], "(line)", "has 39 fields"),
     ("2" + CRITEO_LINE[1:], "label", "not 0 or 1"),
     ("\t" + CRITEO_LINE[2:], "label", "not 0 or 1"),
@@ -339,8 +340,9 @@ def _criteo_spec(**kw):
     return _feature_spec({**OmegaConf.to_container(cfg), **kw})
 
 
-@pytest.mark.parametrize("hash_buckets,fields", [
-    (1000, {}), (None, {"numeric": ["I2", "I5"], "categorical": ["C1", "C22", "C26"]})])
+@pytest.mark.parametrize("hash_buckets,fields", ids=["hashed, all fields", "vocabulary, some"],
+                         argvalues=[(1000, {}), (None, {"numeric": ["I2", "I5"],
+                                                        "categorical": ["C1", "C22", "C26"]})])
 def test_criteo_store_encodes_as_the_feature_spec_and_splits_by_position(tmp_path, hash_buckets,
                                                                          fields):
     path = _criteo_file(tmp_path, rows=500)
@@ -366,7 +368,7 @@ def test_criteo_store_encodes_as_the_feature_spec_and_splits_by_position(tmp_pat
         np.testing.assert_array_equal(got[k], want[k])
     assert got["C22"][0] == 0  # the empty category of the upstream line: missing
     with pytest.raises(ValueError, match="not Criteo columns"):
-        ctr_data.criteo_fields(_criteo_spec(categorical=["C1", "I3"]))
+        ctr_data.criteo_fields(_criteo_spec(categorical=["C1", "I3"], numeric=["I1"]))
     reopened = ctr_data.CriteoStore.open(tmp_path / "store")
     np.testing.assert_array_equal(reopened.ids, store.ids)
     with open(tmp_path / "store" / "ids.npy", "r+b") as f:  # damage it
@@ -408,16 +410,78 @@ def test_criteo_task_trains_one_step_from_a_file(tmp_path, monkeypatch):
 
 
 # ------------------------------------------------------------------------- training, export
+@pytest.fixture(scope="module")
+def debug_task():
+    """The default task on the debug overlay, built once for the per-model steps."""
+    from mlsd_jax import tasks
+
+    cfg = compose_config(["+task=ctr"])
+    return cfg, tasks.build(cfg)
+
+
 @pytest.mark.parametrize("model", MODELS)
-def test_one_training_step_of_every_model_on_8_devices(model, tmp_path):
-    assert jax.device_count() == 8
-    cfg = compose_config(["+task=ctr", f"ctr/model={model}", "trainer.max_steps=1",
-                          "trainer.eval_every=1"])
+def test_training_steps_of_every_model_on_8_devices(model, debug_task):
+    import dataclasses
+
+    import hydra
+
+    from mlsd_jax import sharding as shd
+    from mlsd_jax.experiment import typed
+    from mlsd_jax.training.optim import OptimConfig
+    from mlsd_jax.training.trainer import Trainer, TrainerConfig
+
+    cfg, task = debug_task
+    model_cfg = compose_config(["+task=ctr", f"ctr/model={model}"]).model
+    task = dataclasses.replace(task, model=hydra.utils.instantiate(
+        model_cfg, cardinalities=task.model.cardinalities, id_dropout={}))
+    mesh = shd.make_mesh({"axes": ["data", "model"], "shape": [-1, 1]})
+    assert mesh.devices.size == 8
+    trainer = Trainer(task, typed(TrainerConfig, cfg.trainer), typed(OptimConfig, cfg.optim), mesh)
+    state = trainer.init_state()
+    before = jax.device_get(state.params)
+    batches = task.train_batches(0, 0)
+    for _ in range(2):  # the first step has learning rate 0 (warmup starts at 0)
+        state, metrics = trainer.train_step(state, trainer.put_batch(next(batches)),
+                                            jax.random.key(0))
+    assert bool(metrics["train/finite"]) and float(metrics["train/grad_norm"]) > 0
+    assert int(state.step) == 2
+    moved = [not np.allclose(a, b) for a, b in zip(jax.tree.leaves(before),
+                                                  jax.tree.leaves(jax.device_get(state.params)))]
+    assert any(moved)
+
+
+def test_unseen_users_and_items_read_the_oov_row(debug_task):
+    from mlsd_jax.tasks.base import init_variables, run_forward
+
+    _, task = debug_task
+    raw = {k: np.array(v, copy=True) for k, v in task.serving_examples["serving_default"].items()}
+    assert set(raw) == {"user_id", "item_id", "age", "gender", "occupation", "zip_code",
+                        "genres", "year"}
+    raw["user_id"][:2] = ["a-new-user", "another-new-user"]
+    for k in raw:
+        raw[k][1] = raw[k][0] if k != "user_id" else raw[k][1]
+    raw["item_id"][2] = "a-new-item"
+    raw["zip_code"][3] = b"55455"  # bytes, as TensorFlow clients send strings
+    encoded = task.signatures["serving_default"].encode_np(raw)
+    assert encoded["user_id"][0] == encoded["user_id"][1] == 1 and encoded["item_id"][2] == 1
+    assert encoded["zip_code"][3] == task.signatures["serving_default"].encode_np(
+        dict(raw, zip_code=np.array(["554"] * 8, object)))["zip_code"][3]
+    variables = init_variables(task.model, task.forward, task.consts, encoded, jax.random.key(0))
+    out, _ = run_forward(task.model, task.forward, variables, task.consts, encoded, train=False)
+    assert out["prob"][0] == out["prob"][1]  # every cold user gets the same answer
+
+
+def test_default_run_end_to_end_on_8_devices(tmp_path):
+    cfg = compose_config(["+task=ctr", "trainer.max_steps=2", "trainer.eval_every=2",
+                          "trainer.eval_batch_size=4096"])
     results = run(cfg, workdir=tmp_path)
-    assert results["steps_run"] == 1 and results["environment"]["devices"] == 8
+    assert results["steps_run"] == 2 and results["environment"]["devices"] == 8
+    assert results["objective"]["name"] == "valid/auc"
     m = results["metrics"]
     assert np.isfinite(m["valid/logloss"]) and 0 <= m["test/auc"] <= 1
-    assert {"valid/calibration/d1_obs", "valid/calibration/ece", "test/calibration/ratio"} <= set(m)
+    assert {"valid/calibration/d1_obs", "valid/calibration/d10_pred", "valid/calibration/ece",
+            "test/calibration/ratio", "test/ece", "test/mean_prob"} <= set(m)
+    assert results["data"]["test_cold_user_rate"] > 0.5
 
 
 @pytest.mark.slow

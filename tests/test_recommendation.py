@@ -413,10 +413,10 @@ def test_default_run_reports_full_ranking_and_the_ncf_protocol(tmp_path):
     assert m["test/loo99/popularity/hr@10"] > 0.3
 
 
-def test_companions_need_a_run_directory():
-    cfg = compose_config(["+task=recommendation"])
-    with pytest.raises(ValueError, match="task.companions"):
-        tasks.build(cfg)
+def test_companions_are_skipped_outside_a_run(capsys):
+    task = tasks.build(compose_config(["+task=recommendation"]))
+    assert task.info["companions"] == [] and "task.companions=['loo'] skipped" in \
+        capsys.readouterr().err
 
 
 def test_a_ratings_csv_without_side_files_trains_without_side_fields(ml100k, tmp_path):

@@ -22,15 +22,17 @@ Models: :class:`MF` (BPR-MF, Rendle et al. 2009), :class:`GMF`, :class:`NCFMLP` 
 log-Q correction) and :class:`SASRec` (Kang & McAuley 2018: a transformer over the user's
 history, the item table shared by input and output).
 
-Cold start: an unseen user or item id reads the OOV row (id 1). ``id_dropout`` replaces known
-ids by it during training with that probability, so the row learns an "average" user/item
-instead of staying at its initial values; the towers of :class:`TwoTower` and :class:`SASRec`
-still see the side fields and the history the client sends.
+Cold start: an unseen user or item id reads the OOV row (id 1). With ``id_dropout > 0``
+training replaces known ids by it with that probability, so the row learns an "average"
+user/item (the two-tower's default, 0.05); at 0 (MF and NCF, trained as RecBole trains them)
+the row keeps its initial values and those models rank arbitrarily for an unseen user. The
+towers of :class:`TwoTower` and :class:`SASRec` also read the side fields and the history the
+client sends, so an unseen user with a history is served from it.
 """
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, ClassVar, Mapping, Sequence
+from typing import ClassVar, Mapping, Sequence
 
 import flax.linen as nn
 import jax
@@ -439,9 +441,10 @@ class SASRec(Recommender):
     Inputs are the item ids with learned recency positions (0 = the latest item, so the newest
     items share positions whatever the history length), LayerNorm and dropout, then
     :class:`~mlsd_jax.models.layers.TransformerEncoder` over the history with padding masked.
-    The history holds only items before the predicted one and only the latest position is
-    read, so attending both ways inside the history leaks nothing. An empty history reads a
-    learned vector (cold start).
+    Each training example predicts one item from the items before it and only the latest
+    position is read (RecBole's SASRec training), so attending both ways inside the history
+    leaks nothing; the shared attention takes no causal mask, which SASRec's original
+    every-position loss would need. An empty history reads a learned vector (cold start).
     """
 
     cardinalities: Mapping[str, int]
@@ -481,5 +484,3 @@ class SASRec(Recommender):
     def item_vectors(self, items, *, train: bool = False):
         return self.item(items["item_id"])
 
-
-MODELS: dict[str, Any] = {cls.__name__: cls for cls in (MF, GMF, NCFMLP, NeuMF, TwoTower, SASRec)}

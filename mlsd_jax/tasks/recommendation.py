@@ -20,7 +20,8 @@ for, each on its own split (``<run dir>/<option>/`` with its own results.json, e
 on its own validation split, no export), before the main model; their metrics join this run's
 under their protocol's names (constants in this run's validation curve, never its target;
 ``timings.data_s`` includes them). So the default run reports RecBole's full ranking and the
-NCF protocol, each from a model trained on that protocol's split. The popularity baseline (training-split counts) is scored by the
+NCF protocol, each from a model trained on that protocol's split. A task built outside a run
+(``tasks.build`` alone, no run directory) skips its companions with a note. The popularity baseline (training-split counts) is scored by the
 same evaluator next to the model: ``<split>/<protocol>/popularity/<metric>``.
 
 Features: a :class:`~mlsd_jax.features.FeatureSpec` fitted on the training interactions (user
@@ -381,9 +382,10 @@ def build_recommendation_task(cfg: Mapping[str, Any]) -> Task:
     companion_list = [str(n) for n in (task_cfg.get("companions") or [])
                       if n != data_cfg.get("name")]
     if companion_list and not _workdir(cfg):
-        raise ValueError(f"task.companions={companion_list} trains a model per companion inside "
-                         "the run directory; run through experiments.run / "
-                         "mlsd_jax.experiment.run, or set task.companions=[]")
+        print(f"[recommendation] task.companions={companion_list} skipped: companions train in "
+              "the run directory, and this task is built outside a run (experiments.run and "
+              "mlsd_jax.experiment.run set one)", file=sys.stderr, flush=True)
+        companion_list = []
     protocol = data_cfg["protocol"]
     check(protocol in PROTOCOLS, "data.protocol", protocol, f"one of {sorted(PROTOCOLS)}")
     history_len = int(data_cfg.get("history_len", 50))
