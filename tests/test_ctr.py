@@ -74,8 +74,12 @@ def test_fm_model_is_linear_part_plus_pairwise_term_of_field_vectors():
     fm = _model("fm")
     params, apply = _init_apply(fm, x)
     p = jax.tree.map(np.asarray, params)["params"]["features"]
-    pooled = lambda t, ids, m=None: (t[ids] if m is None else  # noqa: E731
-                                     (t[ids] * m[..., None]).sum(1) / np.maximum(m.sum(1), 1)[:, None])
+
+    def pooled(table, ids, mask=None):
+        if mask is None:
+            return table[ids]
+        return (table[ids] * mask[..., None]).sum(1) / np.maximum(mask.sum(1), 1)[:, None]
+
     emb = p["embed"]
     fields = [pooled(emb["user_id"]["embedding"], x["user_id"]),
               pooled(emb["item_id"]["embedding"], x["item_id"]),
@@ -90,10 +94,11 @@ def test_fm_model_is_linear_part_plus_pairwise_term_of_field_vectors():
     pair = sum(np.sum(fields[i] * fields[j], -1) for i in range(5) for j in range(i + 1, 5))
     np.testing.assert_allclose(apply(x), linear + pair, rtol=1e-4, atol=1e-4)
     # The penalty term: squared norms of the id rows each example read (embedding and linear).
-    wide = [lin["user_id"]["embedding"][x["user_id"], 0], lin["item_id"]["embedding"][x["item_id"], 0],
+    wide = [lin["user_id"]["embedding"][x["user_id"], 0],
+            lin["item_id"]["embedding"][x["item_id"], 0],
             pooled(lin["genres"]["embedding"], x["genres"], x["genres/mask"])[:, 0]]
     l2 = sum(np.sum(f * f, -1) for f in fields[:3]) + sum(v * v for v in wide)
-    logit, got = apply(x, with_l2=True)
+    _, got = apply(x, with_l2=True)
     np.testing.assert_allclose(got, l2, rtol=1e-4, atol=1e-4)
 
 
@@ -156,6 +161,18 @@ def test_id_dropout_reads_the_oov_id_in_training_only():
         _model("lr", id_dropout={"user": 0.5}).init(jax.random.key(0), x)
 
 
+def test_focal_loss_without_focusing_is_the_cross_entropy():
+    from mlsd_jax.tasks.ctr import binary_cross_entropy, focal_loss
+
+    rng = np.random.default_rng(0)
+    logit = jnp.asarray(rng.normal(size=64), jnp.float32)
+    y = jnp.asarray(rng.random(64) < 0.3, jnp.float32)
+    w = jnp.asarray(np.r_[np.ones(60), np.zeros(4)], jnp.float32)
+    assert float(focal_loss(logit, y, w, gamma=0.0)) == pytest.approx(
+        float(binary_cross_entropy(logit, y, w)), rel=1e-5)
+    assert float(focal_loss(logit, y, w, gamma=2.0)) < float(binary_cross_entropy(logit, y, w))
+
+
 # ----------------------------------------------------------------------------------- metrics
 def test_ctr_metrics_agree_with_scikit_learn_with_weights_and_padding():
     from sklearn.metrics import log_loss, roc_auc_score
@@ -195,7 +212,8 @@ def _deciles_reference(p, y, w, groups=10):
         s = g == k
         out[f"d{k + 1}_pred"] = np.sum(w[s] * p[s]) / np.sum(w[s])
         out[f"d{k + 1}_obs"] = np.sum(w[s] * y[s]) / np.sum(w[s])
-    out["ece"] = sum(abs(np.sum(w[g == k] * (y[g == k] - p[g == k]))) for k in range(groups)) / w.sum()
+    gaps = [abs(np.sum(w[g == k] * (y[g == k] - p[g == k]))) for k in range(groups)]
+    out["ece"] = sum(gaps) / w.sum()
     return out
 
 
@@ -469,6 +487,9 @@ def test_unseen_users_and_items_read_the_oov_row(debug_task):
     variables = init_variables(task.model, task.forward, task.consts, encoded, jax.random.key(0))
     out, _ = run_forward(task.model, task.forward, variables, task.consts, encoded, train=False)
     assert out["prob"][0] == out["prob"][1]  # every cold user gets the same answer
+    # Untrained, the model predicts the training click rate (its output is read from there).
+    rate = task.info["train_ctr"]
+    assert float(task.consts["prior_logit"]) == pytest.approx(np.log(rate / (1 - rate)), abs=1e-6)
 
 
 def test_default_run_end_to_end_on_8_devices(tmp_path):
@@ -523,19 +544,22 @@ def test_cold_start_and_raw_rows_agree_through_training_bundle_and_savedmodel(tm
 
 
 # ------------------------------------------------------------------------------------ quality
-# scikit-learn's LogisticRegression on one-hot fields, C tuned on validation, scores test
-# ROC-AUC 0.684 on this split (benchmarks/ctr_quality.py; an outside measurement of the same
-# protocol gave 0.698). Test AUC on 20,000 impressions moves by about +-0.005 between seeds.
-LOGREG_TEST_AUC = 0.684
-NOISE = 0.005
+# On this split scikit-learn's LogisticRegression (one-hot fields, C tuned on validation) scores
+# test ROC-AUC 0.6825 and LightGBM (categorical features, tuned on validation) 0.6919
+# (`python benchmarks/ctr_quality.py --seeds 0 1 2`, benchmarks/results/ctr_quality.md; an
+# outside measurement of the same protocol gave 0.698 / 0.688). The default run (Wide & Deep,
+# early-stopped on validation AUC; 0.6896-0.6931 over three seeds) must beat the linear peer.
+LOGREG_TEST_AUC = 0.6825
 
 
 @pytest.mark.slow
-def test_default_ctr_run_reaches_the_logistic_regression_bar(tmp_path):
+def test_default_ctr_run_beats_the_logistic_regression_peer(tmp_path):
     cfg = compose_config(["+task=ctr", "export.enabled=false", "trainer.progress=false"],
                          tiny=False)
     results = run(cfg, workdir=tmp_path)
     m = results["metrics"]
-    assert m["test/auc"] >= LOGREG_TEST_AUC - NOISE, m
-    assert m["test/logloss"] < 0.66 and m["test/calibration/ece"] < 0.08, m
+    assert m["test/auc"] > LOGREG_TEST_AUC, m
+    # Calibration is not traded away for ranking: the peer's test log-loss is 0.638 and its
+    # decile ECE 0.036; ours, read across the later (shifted) test period, stays near them.
+    assert m["test/logloss"] < 0.65 and m["test/calibration/ece"] < 0.08, m
     assert results["data"]["test_rows"] == 19_997

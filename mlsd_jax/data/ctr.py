@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
-import io
 import json
 import os
 import pathlib
@@ -39,8 +38,8 @@ from mlsd_jax.data.fetch import PackagedFile, fetch_packaged, sha256_file
 __all__ = [
     "BlockBatches", "CRITEO_CAT", "CRITEO_INT", "ClickDataError", "ClickLog", "CriteoChunk",
     "CriteoFormatError", "CriteoStore", "OBD_CAMPAIGNS", "OBD_POLICIES", "build_criteo_store",
-    "count_criteo_rows", "criteo_fields", "describe_split", "encode_chunk", "movielens_clicks", "obd_clicks",
-    "obd_file", "open_criteo", "read_criteo_chunks", "time_split", "write_simulated_criteo",
+    "count_criteo_rows", "criteo_fields", "describe_split", "encode_chunk", "movielens_clicks",
+    "obd_clicks", "obd_file", "open_criteo", "read_criteo_chunks", "time_split", "write_simulated_criteo",
     "zip_prefix_np", "zip_prefix_tf",
 ]
 
@@ -358,27 +357,28 @@ def _open_text(path: pathlib.Path):
     return gzip.open(path, "rb") if head == _GZIP_MAGIC else open(path, "rb")
 
 
-def _blocks(path: pathlib.Path, block_bytes: int) -> Iterator[tuple[int, bytes]]:
-    """``(first line number, bytes of whole lines)`` of about ``block_bytes`` each."""
+def _blocks(path: pathlib.Path, block_bytes: int) -> Iterator[tuple[int, memoryview]]:
+    """``(first line number, whole lines)`` of about ``block_bytes`` each (views, not copies)."""
     line, rest = 1, b""
     with _open_text(path) as f:
         while True:
             data = f.read(block_bytes)
             if not data:
                 break
-            data = rest + data
+            if rest:
+                data = rest + data
             cut = data.rfind(b"\n") + 1
             if cut == 0:
                 rest = data
                 continue
-            block, rest = data[:cut], data[cut:]
-            yield line, block
-            line += block.count(b"\n")
+            rest = data[cut:]
+            yield line, memoryview(data)[:cut]
+            line += data.count(b"\n", 0, cut)
     if rest:
-        yield line, rest + b"\n"
+        yield line, memoryview(rest + b"\n")
 
 
-def _nonblank_rows(block: bytes) -> int:
+def _nonblank_rows(block) -> int:
     """Lines of ``block`` (which ends with a newline) that are not empty (or a lone ``\\r``)."""
     buf = np.frombuffer(block, np.uint8)
     ends = np.flatnonzero(buf == 10)
@@ -395,16 +395,16 @@ def _arrow_options():
 
     types = {"label": pa.int64(), **{n: pa.int64() for n in CRITEO_INT},
              **{n: pa.string() for n in CRITEO_CAT}}
-    return (pacsv.ReadOptions(column_names=list(CRITEO_FIELDS), use_threads=False,
-                              block_size=1 << 26),
+    return (pacsv.ReadOptions(column_names=list(CRITEO_FIELDS), use_threads=True,
+                              block_size=1 << 22),
             pacsv.ParseOptions(delimiter="\t", quote_char=False, ignore_empty_lines=True),
             pacsv.ConvertOptions(column_types=types, null_values=[""], strings_can_be_null=True,
                                  quoted_strings_can_be_null=False))
 
 
-def _scan_block(block: bytes, path, first_line: int) -> None:
+def _scan_block(block, path, first_line: int) -> None:
     """Finds the first line of ``block`` that breaks the format and raises on it."""
-    for i, raw in enumerate(block.split(b"\n")[:-1]):
+    for i, raw in enumerate(bytes(block).split(b"\n")[:-1]):
         line = raw[:-1] if raw.endswith(b"\r") else raw
         if not line:
             continue
@@ -434,15 +434,15 @@ def _is_int(value: bytes) -> bool:
     return v.isdigit() and v.isascii()
 
 
-def _parse_block(block: bytes, path, first_line: int) -> CriteoChunk:
+def _parse_block(block, path, first_line: int) -> CriteoChunk:
     """One block of whole lines -> a :class:`CriteoChunk`; a bad line raises with its number."""
     import pyarrow as pa
     import pyarrow.csv as pacsv
 
     read, parse, convert = _arrow_options()
     try:
-        table = pacsv.read_csv(io.BytesIO(block), read_options=read, parse_options=parse,
-                               convert_options=convert)
+        table = pacsv.read_csv(pa.BufferReader(pa.py_buffer(block)), read_options=read,
+                               parse_options=parse, convert_options=convert)
     except (pa.ArrowInvalid, UnicodeDecodeError) as e:
         _scan_block(block, path, first_line)
         raise ClickDataError(f"{path}:{first_line}: the block of lines starting here could not "
@@ -451,10 +451,8 @@ def _parse_block(block: bytes, path, first_line: int) -> CriteoChunk:
     if len(label) and (table.column("label").null_count or not np.isin(label, (0, 1)).all()):
         _scan_block(block, path, first_line)
     ints = np.empty((table.num_rows, len(CRITEO_INT)), np.float32)
-    for k, name in enumerate(CRITEO_INT):
-        col = table.column(name)
-        ints[:, k] = col.to_numpy(zero_copy_only=False) if not col.null_count else \
-            col.cast(pa.float64()).fill_null(float("nan")).to_numpy(zero_copy_only=False)
+    for k, name in enumerate(CRITEO_INT):  # integer columns with nulls come out as float, NaN
+        ints[:, k] = table.column(name).to_numpy(zero_copy_only=False)
     cats = [table.column(name).combine_chunks() for name in CRITEO_CAT]
     return CriteoChunk(str(path), first_line, np.asarray(label, np.uint8), ints, cats)
 
@@ -583,8 +581,6 @@ def build_criteo_store(path, out_dir, feature_spec, *, fit_rows: int = 200_000,
     """
     from tqdm.auto import tqdm
 
-    from mlsd_jax.data.letor import _NpyWriter
-
     paths = _criteo_paths(path)
     dense_fields, id_fields = criteo_fields(feature_spec)
     out_dir = pathlib.Path(out_dir)
@@ -596,17 +592,24 @@ def build_criteo_store(path, out_dir, feature_spec, *, fit_rows: int = 200_000,
         raise ClickDataError(f"{paths[0]}: {total} rows leave no training rows after valid "
                              f"{valid_fraction} and test {test_fraction}")
     fit_n = max(1, min(int(fit_rows), n_train))
-    writers = {"label.npy": _NpyWriter(out_dir / "label.npy", np.uint8, ()),
-               "dense.npy": _NpyWriter(out_dir / "dense.npy", np.float32, (len(dense_fields),)),
-               "ids.npy": _NpyWriter(out_dir / "ids.npy", np.int32, (len(id_fields),))}
-    fitted, pending, sampled = None, [], 0
+    arrays = {name: np.lib.format.open_memmap(out_dir / name, "w+", dtype, shape)
+              for name, dtype, shape in (("label.npy", np.uint8, (total,)),
+                                         ("dense.npy", np.float32, (total, len(dense_fields))),
+                                         ("ids.npy", np.int32, (total, len(id_fields))))}
+    fitted, pending, sampled, written = None, [], 0, 0
     bar = tqdm(total=total, unit="rows", desc="criteo -> store", disable=not progress)
 
     def write(chunk):
+        nonlocal written
+        end = written + len(chunk)
+        if end > total:
+            raise ClickDataError(f"{chunk.path}: more rows than the {total} counted; was a file "
+                                 f"changed during the conversion?")
         dense, ids = encode_chunk(fitted, chunk)
-        writers["label.npy"].write(chunk.label)
-        writers["dense.npy"].write(dense)
-        writers["ids.npy"].write(ids)
+        arrays["label.npy"][written:end] = chunk.label
+        arrays["dense.npy"][written:end] = dense
+        arrays["ids.npy"][written:end] = ids
+        written = end
         bar.update(len(chunk))
 
     try:
@@ -629,10 +632,10 @@ def build_criteo_store(path, out_dir, feature_spec, *, fit_rows: int = 200_000,
         if fitted is None:
             raise ClickDataError(f"{paths[0]}: no rows")
     finally:
-        for w in writers.values():
-            w.close()
+        for a in arrays.values():
+            a.flush()
+        del arrays
         bar.close()
-    written = writers["label.npy"].n
     if written != total:
         raise ClickDataError(f"{paths[0]}: counted {total} rows but parsed {written}; was a "
                              f"file changed during the conversion?")
@@ -702,7 +705,8 @@ class BlockBatches:
     def __init__(self, read: Callable[[np.ndarray], dict], lo: int, hi: int, batch_size: int,
                  block_rows: int = 65536):
         self.read, self.lo, self.hi = read, int(lo), int(hi)
-        self.n, self.batch_size, self.block_rows = self.hi - self.lo, int(batch_size), int(block_rows)
+        self.n, self.batch_size = self.hi - self.lo, int(batch_size)
+        self.block_rows = int(block_rows)
         n_proc = jax.process_count()
         if self.batch_size % n_proc:
             raise ValueError(f"batch size {self.batch_size} must divide over {n_proc} processes")

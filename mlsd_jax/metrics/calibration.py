@@ -53,7 +53,8 @@ class CalibrationByDecile(Metric):
 
     def __post_init__(self):
         if not (isinstance(self.groups, int) and self.groups >= 1):
-            raise ValueError(f"CalibrationByDecile.groups: expected an int >= 1, got {self.groups!r}")
+            raise ValueError(f"CalibrationByDecile.groups: expected an int >= 1, got "
+                             f"{self.groups!r}")
         if not (isinstance(self.bins, int) and self.bins >= self.groups):
             raise ValueError(f"CalibrationByDecile.bins: expected an int >= groups "
                              f"({self.groups}), got {self.bins!r}")

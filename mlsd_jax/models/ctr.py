@@ -6,7 +6,7 @@ Inputs are the dict a fitted :class:`~mlsd_jax.features.FeatureSpec` produces (a
 valid items), floating arrays are numeric fields (a standardised number, a missing indicator, a
 piecewise-linear encoding...). :class:`FieldEmbedding` turns them into
 
-* ``fields [batch, F, D]``: one ``D``-vector per field, an id's embedding or, for a number
+* ``vectors [batch, F, D]``: one ``D``-vector per field, an id's embedding or, for a number
   ``x``, ``x @ V_f`` (``v_f * x`` for a scalar, as DeepFM embeds dense features), and
 * ``linear [batch]``: the first-order term ``b + sum_f w_f(x_f)``, a 1-wide embedding per id
   field plus a linear map of the numbers, and
@@ -15,7 +15,8 @@ piecewise-linear encoding...). :class:`FieldEmbedding` turns them into
 
 Every id table is an :class:`~mlsd_jax.models.embedding.MultiEmbedding` (row-sharded over the
 ``model`` mesh axis, OOV row for unseen ids, row-wise Adagrad when configured); MLPs come from
-:mod:`mlsd_jax.models.layers`. Each model returns a logit ``[batch]``.
+:mod:`mlsd_jax.models.layers`. Each model returns a logit ``[batch]`` (and, asked with
+``with_l2=True``, the ``l2`` term beside it).
 """
 from __future__ import annotations
 
@@ -71,9 +72,10 @@ class FieldEmbedding(nn.Module):
     AUC: FM 0.696 -> 0.716, Wide & Deep 0.733 -> 0.736 with 10).
 
     ``id_dropout={field: p}`` (training only) replaces each id of ``field`` by ``oov_id`` with
-    probability ``p``: the rows a cold user or item reads at serving time (the feature spec
-    gives unseen values id 1) are then trained, and the other fields learn to predict without
-    the id, as they must for the cold users a time-ordered split brings.
+    probability ``p``: the rows a cold user or item reads at serving time (a vocabulary gives
+    unseen values id 1) are then trained, and the other fields learn to predict without the
+    id. A cold-start simulation; off by default (on MovieLens it moved validation AUC by less
+    than 0.005 and lowered test AUC).
     """
 
     cardinalities: Mapping[str, int]

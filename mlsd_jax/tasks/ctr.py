@@ -109,9 +109,15 @@ def _derive_tf(raw: Mapping[str, Any], prefixes: Mapping[str, int]) -> dict:
 
 def forward(apply, consts, inputs, *, train: bool, spec=None):
     """Encoded fields -> numeric transforms (consts) -> CTR model -> logit, probability, and
-    ``embedding_l2 [batch]`` (squared norms of the embeddings each row read, for the loss)."""
+    ``embedding_l2 [batch]`` (squared norms of the embeddings each row read, for the loss).
+
+    The model's output is read relative to ``consts["prior_logit"]``, the log-odds of the
+    training click rate: an untrained model predicts the base rate, so a 0.5% click log does
+    not spend its first hundreds of steps (and its early-stopping patience) learning a bias.
+    """
     x = spec.apply(consts, inputs)
     logit, l2 = apply(x, train=train, with_l2=True)
+    logit = logit + consts["prior_logit"]
     return {"logit": logit, "prob": jax.nn.sigmoid(logit), "embedding_l2": l2}
 
 
@@ -214,8 +220,10 @@ def _criteo(data_cfg, trainer_cfg):
     first = next(ctr_data.read_criteo_chunks(store.meta["sources"][0], block_bytes=1 << 20))
     raw_example = {serving_name(k): v[:8]
                    for k, v in first.columns(list(spec.raw_signature)).items()}
+    lo, hi = store.splits["train"]
     info = {"dataset": "criteo", "sources": store.meta["sources"], "rows": len(store),
             "positive_rate": store.meta["positive_rate"], "fit_rows": store.meta["fit_rows"],
+            "train_ctr": float(np.mean(store.label[lo:hi], dtype=np.float64)),
             "store": str(store.directory),
             "split": f"file order (Criteo logs are chronological): the last "
                      f"{data_cfg['test_fraction']:.0%} of rows are test, the "
@@ -267,13 +275,15 @@ def build_ctr_task(cfg: Mapping[str, Any]) -> Task:
         return value + embedding_l2 * l2, {"mean_prob": jnp.mean(outputs["prob"]),
                                            "embedding_l2": l2}
 
+    rate = min(max(float(info["train_ctr"]), 1e-6), 1 - 1e-6)
+    consts = {**spec.consts, "prior_logit": np.float32(np.log(rate) - np.log1p(-rate))}
     metrics = ctr_metrics()
     target = task_cfg.get("target_metric", "auc")
     if target not in metrics or target == "calibration":
         raise ValueError(f"task.target_metric={target!r}; valid: auc, logloss, ece")
     example = next(iter(evals["valid"].eval())) if "valid" in evals else next(train.train(0))
     return Task(
-        name="ctr", model=srv.model, consts=spec.consts, forward=srv.forward, loss_fn=loss_fn,
+        name="ctr", model=srv.model, consts=consts, forward=srv.forward, loss_fn=loss_fn,
         metrics=metrics, example_weight=lambda batch: batch["weight"],
         train_batches=train.train, eval_splits={s: b.eval for s, b in evals.items()},
         example_batch=example, input_keys=tuple(spec.encoded_signature),
