@@ -15,13 +15,15 @@ CORE = [
     "numpy>=1.26,<3",
     "pyarrow>=15",
     "tqdm>=4.66",
+    "rdata>=1.0",  # reads R data files (Spambase from kernlab's spam.rda)
 ]
 # FarmHash in C for hashed features (a pure-Python port of the same hash is used without it).
 FAST = ["pyfarmhash>=0.4"]
 EXPORT = ["tensorflow-cpu>=2.21,<2.22"]
 # The model server: REST (TF Serving + KServe V2) on Starlette/uvicorn, gRPC, Prometheus metrics.
-SERVE = EXPORT + ["starlette>=0.40", "uvicorn>=0.30", "grpcio>=1.60", "protobuf>=5",
-                  "prometheus-client>=0.20", "httpx>=0.27"]
+# httptools: uvicorn's C HTTP parser (without it uvicorn falls back to the pure-Python h11).
+SERVE = EXPORT + ["starlette>=0.40", "uvicorn>=0.30", "httptools>=0.6", "grpcio>=1.60",
+                  "protobuf>=5", "prometheus-client>=0.20", "httpx>=0.27"]
 # Batch scoring on Apache Spark (mapInPandas); needs Java 17.
 SPARK = ["pyspark>=3.5", "pandas>=2"]
 TEST = [

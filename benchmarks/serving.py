@@ -661,20 +661,26 @@ def markdown(r: dict) -> str:
                      f"{_f(g.get('batching_c32_ok'))} | {g.get('overload_lost', '-')} | "
                      f"{_f(g.get('overload_ok'))} |")
     lines += ["", "## Overload (batching on, open loop at 2x the best measured throughput)", "",
-              "| model | capacity req/s | offered req/s | requests | served | refused 429/503 | "
-              "errors | lost | sent late | served p50 / p99 ms | p50 c=1 before / after ms |",
+              "| model | capacity req/s | offered req/s | requests | served (fallback) | "
+              "refused 429 / 503 | errors | lost | sent late | served p50 / p99 ms | "
+              "p50 c=1 before / after ms |",
               "|---|---|---|---|---|---|---|---|---|---|---|"]
     for name, m in r["models"].items():
         o = m.get("batching", {}).get("overload")
         if not o:
             continue
         lines.append(f"| {name} | {_f(o['capacity_rps'])} | {_f(o['offered_rps'])} | {o['requests']} | "
-                     f"{o['served']} | {o['refused']} | {o['errors']} | {o['lost']} | {o['late']} | "
+                     f"{o['served']} ({o.get('fallback', 0)}) | "
+                     f"{o['detail'].get('refused_429', 0)} / {o['detail'].get('refused_503', 0)} | "
+                     f"{o['errors']} | {o['lost']} | {o['late']} | "
                      f"{_f(o['served_p50_ms'], 1)} / {_f(o['served_p99_ms'], 1)} | "
                      f"{_f(o['before']['p50_ms'], 3)} / "
                      f"{_f(o['after']['p50_ms'], 3)} |")
     lines += ["", "Every request is accounted for: served + refused + errors + lost = requests "
-              "(lost: no answer within 30 s or a broken connection). *Sent late*: requests the "
+              "(lost: no answer within 30 s or a broken connection). Refused: 429 at admission "
+              "(`max_inflight`) or a full batch queue (`batching.max_queued`); served (fallback): "
+              "answered by the flagged fallback because the deadline passed before the model "
+              "ran. *Sent late*: requests the "
               "load generator sent more than 10 ms after their scheduled time (the client's own "
               "limit on this shared machine). Recovery: concurrency 1 right after the overload.", ""]
     b = r.get("batch_scoring", {})

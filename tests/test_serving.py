@@ -423,6 +423,144 @@ def test_queue_full_is_refused_with_429_and_recovers(exported):
     assert requests == codes.count(200) + 1 and runs < requests   # the queued ones shared a batch
 
 
+def test_a_lone_request_runs_at_once_and_concurrent_ones_share_batches(exported, server,
+                                                                       monkeypatch):
+    """With batch_timeout_ms=0, a request alone in the server runs on the event loop (no
+    hand-off to the batch thread); requests that arrive together queue and run as batches on
+    the batch thread."""
+    executor = server.state.store.get("tab").resolve().executors["serving_default"]
+    runs: list[tuple[str, int]] = []
+    real = executor.run
+
+    def run(requests):
+        runs.append((threading.current_thread().name, len(requests)))
+        return real(requests)
+
+    monkeypatch.setattr(executor, "run", run)
+    body = json.dumps(codec.tfs_request(raw_rows(exported, 1), "columnar"))
+    with httpx.Client(base_url=server.rest_url, timeout=30) as client:
+        for _ in range(3):
+            assert client.post("/v1/models/tab:predict", content=body).status_code == 200
+    assert [name for name, _ in runs] == ["mlsd-serving"] * 3      # the server's event loop
+    runs.clear()
+
+    async def burst():
+        limits = httpx.Limits(max_connections=64, max_keepalive_connections=64)
+        async with httpx.AsyncClient(base_url=server.rest_url, timeout=30,
+                                     limits=limits) as client:
+            return await asyncio.gather(*[client.post("/v1/models/tab:predict", content=body)
+                                          for _ in range(48)])
+
+    for _ in range(3):       # the client shares this process: give overlap three chances
+        runs.clear()
+        assert all(r.status_code == 200 for r in asyncio.run(burst()))
+        assert sum(n for _, n in runs) == 48
+        batched = [n for name, n in runs if name.startswith("batcher-")]
+        if batched and max(batched) > 1:
+            break
+    assert batched and max(batched) > 1 and len(runs) < 48, runs
+
+
+def _metric(text: str, name: str, **labels) -> float:
+    from prometheus_client.parser import text_string_to_metric_families
+
+    total = 0.0
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            if sample.name == name and all(sample.labels.get(k) == v for k, v in labels.items()):
+                total += sample.value
+    return total
+
+
+def test_overload_is_shed_at_admission_and_the_server_recovers(exported):
+    """A running server (uvicorn + grpc.aio) with max_inflight=3 and batches held 250 ms:
+    48 concurrent REST and 12 gRPC predicts are each answered 200 or refused (429 /
+    RESOURCE_EXHAUSTED; none lost), probes are never refused, the refusals show in /metrics,
+    a request that waits past its deadline is answered 504 without running, and the server
+    serves normally afterwards."""
+    models = [{"name": "tab", "base_path": str(exported["base"])},
+              {"name": "strict", "base_path": str(exported["base"]),
+               "fallback": {"enabled": False}}]
+    cfg = _cfg(exported, models=models, max_inflight=3, log={"enabled": False},
+               batching={**BATCHING, "batch_timeout_ms": 250})
+    body = json.dumps(codec.tfs_request(raw_rows(exported, 1), "columnar"))
+    v2_body = json.dumps(codec.v2_request(raw_rows(exported, 1)))
+    with start_server(cfg) as srv:
+        metrics_before = httpx.get(f"{srv.rest_url}/metrics").text
+
+        async def burst():
+            limits = httpx.Limits(max_connections=100, max_keepalive_connections=100)
+            async with httpx.AsyncClient(base_url=srv.rest_url, timeout=30,
+                                         limits=limits) as client:
+                grpc_client = Client(srv.grpc_target)
+                loop = asyncio.get_running_loop()
+
+                def grpc_one():
+                    try:
+                        grpc_client.predict("tab", raw_rows(exported, 1), timeout=30)
+                        return "OK"
+                    except grpc.RpcError as e:
+                        return e.code().name
+
+                try:
+                    rest = [client.post("/v1/models/tab:predict", content=body)
+                            for _ in range(40)]
+                    rest += [client.post("/v2/models/tab/infer", content=v2_body)
+                             for _ in range(8)]
+                    probes = [client.get(p) for p in ("/healthz", "/metrics", "/v2/health/ready",
+                                                      "/v1/models/tab", "/v2/models/tab")]
+                    grpcs = [loop.run_in_executor(None, grpc_one) for _ in range(12)]
+                    out = await asyncio.gather(asyncio.gather(*rest), asyncio.gather(*probes),
+                                               asyncio.gather(*grpcs))
+                finally:
+                    grpc_client.close()
+                return out
+
+        rest, probes, grpcs = asyncio.run(burst())
+        codes = [r.status_code for r in rest]
+        assert len(codes) == 48 and set(codes) <= {200, 429}, codes
+        assert codes.count(429) >= 10, codes
+        for r in rest:
+            if r.status_code == 429:
+                assert "max_inflight=3" in r.json()["error"]
+            else:
+                assert r.headers.get("x-mlsd-fallback") is None
+        assert set(grpcs) <= {"OK", "RESOURCE_EXHAUSTED"} and len(grpcs) == 12, grpcs
+        assert [p.status_code for p in probes] == [200] * 5
+        refused = codes.count(429) + grpcs.count("RESOURCE_EXHAUSTED")
+        assert codes.count(200) + grpcs.count("OK") >= 3      # the slots held were served
+        text = httpx.get(f"{srv.rest_url}/metrics").text
+        shed = (_metric(text, "mlsd_serving_shed_total", model="tab", reason="inflight")
+                - _metric(metrics_before, "mlsd_serving_shed_total", model="tab",
+                          reason="inflight"))
+        assert shed == refused
+        got_429 = (_metric(text, "mlsd_serving_requests_total", model="tab", code="429")
+                   - _metric(metrics_before, "mlsd_serving_requests_total", model="tab",
+                             code="429"))
+        assert got_429 == refused
+        # Queue wait past the deadline (batches held 250 ms, deadline 50 ms): 504, not run late.
+        late = httpx.post(f"{srv.rest_url}/v1/models/strict:predict", content=body,
+                          headers={"x-request-deadline-ms": "50"}, timeout=30)
+        assert late.status_code == 504 and "deadline" in late.json()["error"]
+        after = _metric(httpx.get(f"{srv.rest_url}/metrics").text, "mlsd_serving_shed_total",
+                        model="strict", reason="deadline")
+        assert after >= 1
+        # Afterwards: normal service over both APIs, the slots all given back.
+        end = time.monotonic() + 5
+        while srv.state.service.admission.inflight and time.monotonic() < end:
+            time.sleep(0.01)
+        assert srv.state.service.admission.inflight == 0
+        for _ in range(3):
+            ok = httpx.post(f"{srv.rest_url}/v1/models/tab:predict", content=body, timeout=30)
+            assert ok.status_code == 200 and len(ok.json()["outputs"]["prob"]) == 1
+        client = Client(srv.grpc_target)
+        try:
+            out, _, _ = client.predict("tab", raw_rows(exported, 2))
+        finally:
+            client.close()
+        assert out["prob"].shape == (2,)
+
+
 def test_response_cache_hits_expire_and_stay_bounded(exported, server):
     from starlette.testclient import TestClient
 

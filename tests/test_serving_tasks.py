@@ -124,5 +124,49 @@ def test_every_task_round_trips_through_the_server(name, tmp_path):
                 saved = saved_model_predict(export, {k: v.astype(object) if v.dtype.kind in "OU"
                                                      else v for k, v in raw.items()}, sig_name)
                 _close(saved, want, f"{name}/{sig_name} SavedModel", atol=1e-4)
+            _check_card_fallback(name, results["data"], examples, http)
         finally:
             client.close()
+
+
+def _check_card_fallback(name, data, examples, http):
+    """A task whose model card names a serving fallback (``data.serving_fallback``, e.g. the
+    recommendation popularity list) answers it, flagged and counted, when the model misses
+    the request's deadline."""
+    if name == "recommendation":
+        assert "scores" in data.get("serving_fallback", {}), "no popularity fallback in the card"
+    values = data.get("serving_fallback")
+    if not values:
+        return
+    raw, want, _ = examples["serving_default"]
+    before = _fallbacks(http, name)
+    r = http.post(f"/v1/models/{name}:predict", content=json.dumps(codec.tfs_request(raw)),
+                  headers={"x-request-deadline-ms": "0.001"})
+    assert r.status_code == 200, r.text
+    assert r.headers["x-mlsd-fallback"] == "deadline" and r.json()["fallback"] == "deadline"
+    outputs = r.json()["outputs"]
+    outputs = outputs if len(want) > 1 else {next(iter(want)): outputs}
+    for out, value in values.items():
+        got = np.asarray(outputs[out], np.float64)
+        if isinstance(value, dict):      # {by_input, table, default}: looked up per value
+            column = np.asarray(raw[value["by_input"]]).astype(str)
+            expected = np.vectorize(lambda k: value["table"].get(k, value["default"]),
+                                    otypes=[np.float64])(column)
+        else:
+            expected = np.broadcast_to(np.asarray(value, np.float64), got.shape)
+        np.testing.assert_allclose(got, expected, rtol=1e-6, err_msg=f"{name}: fallback {out}")
+        if name == "recommendation":     # the candidates ranked as the popularity baseline
+            assert np.any(got > 0), "no candidate of the examples is among the popular items"
+    assert _fallbacks(http, name) == before + 1
+
+
+def _fallbacks(http, name) -> float:
+    from prometheus_client.parser import text_string_to_metric_families
+
+    total = 0.0
+    for family in text_string_to_metric_families(http.get("/metrics").text):
+        for sample in family.samples:
+            if (sample.name == "mlsd_serving_fallbacks_total" and sample.labels["model"] == name
+                    and sample.labels["reason"] == "deadline"):
+                total += sample.value
+    return total

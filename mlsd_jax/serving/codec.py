@@ -36,6 +36,8 @@ def _object(body: Any, what: str) -> dict:
 
 def _unb64(value: Any, field: str, depth: int = 0):
     """Replaces ``{"b64": "..."}`` leaves by bytes (for string inputs)."""
+    if type(value) is str:
+        return value
     if depth > 32:
         raise invalid(f"{field}: nested more than 32 levels deep")
     if isinstance(value, dict):
@@ -46,6 +48,8 @@ def _unb64(value: Any, field: str, depth: int = 0):
         except (binascii.Error, ValueError):
             raise invalid(f"{field}: b64 value is not valid base64") from None
     if isinstance(value, list):
+        if all(type(v) is str for v in value):     # the common case: plain strings
+            return value
         return [_unb64(v, field, depth + 1) for v in value]
     return value
 

@@ -111,7 +111,15 @@ class ServeConfig:
     """Everything the server reads. ``model_name``/``model_base_path`` add one model to
     ``models`` (TF Serving's flags). ``compilation_cache``: XLA's persistent compilation
     cache folder, so restarts and every worker process reuse the warmup compiles (``""``:
-    ``$MLSD_JAX_CACHE/xla``, default ``~/.cache/mlsd_jax/xla``; ``null``: off)."""
+    ``$MLSD_JAX_CACHE/xla``, default ``~/.cache/mlsd_jax/xla``; ``null``: off).
+
+    ``max_inflight``: predict requests (REST ``POST /v1/models/...``, ``/v2/.../infer`` and gRPC
+    ``Predict``) one server process holds at once, from arrival to response; one more is refused
+    at once with 429 / ``RESOURCE_EXHAUSTED`` before its body is read, so an overload cannot pile
+    requests up in the event loop ahead of the batch queue. ``None``: ``batching.max_queued +
+    batching.max_batch_size`` (a full queue plus the batch running). Health, status, metadata and
+    ``/metrics`` are never refused. A request's deadline counts from its arrival: one that waited
+    past it before its model ran is not run (504, or the flagged fallback where one is set)."""
 
     model_name: Optional[str] = None
     model_base_path: Optional[str] = None
@@ -123,6 +131,7 @@ class ServeConfig:
     execution: str = "jax"
     poll_s: float = 2.0
     deadline_ms: float = 5000.0
+    max_inflight: Optional[int] = None
     max_body_bytes: int = 16 << 20
     max_rows: int = 4096
     access_log: bool = True
@@ -158,6 +167,12 @@ class ServeConfig:
             raise ConfigError(f"models: names must be unique, got {names}")
         return models
 
+    def inflight_limit(self) -> int:
+        """``max_inflight``, or its default from the batching settings."""
+        if self.max_inflight is not None:
+            return self.max_inflight
+        return self.batching.max_queued + self.batching.max_batch_size
+
     def validate(self) -> "ServeConfig":
         self.model_list()
         check(self.execution in EXECUTIONS, "execution", self.execution, f"one of {EXECUTIONS}")
@@ -168,6 +183,8 @@ class ServeConfig:
         check(self.poll_s > 0, "poll_s", self.poll_s, "> 0 seconds")
         check(self.deadline_ms > 0, "deadline_ms", self.deadline_ms, "> 0")
         check(self.max_rows >= 1, "max_rows", self.max_rows, ">= 1")
+        check(self.max_inflight is None or self.max_inflight >= 1, "max_inflight",
+              self.max_inflight, "null (batching.max_queued + batching.max_batch_size) or >= 1")
         b = self.batching
         check(b.max_batch_size >= 1, "batching.max_batch_size", b.max_batch_size, ">= 1")
         check(b.max_queued >= 1, "batching.max_queued", b.max_queued, ">= 1")

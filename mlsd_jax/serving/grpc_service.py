@@ -6,7 +6,8 @@ with ``predict_pb2.PredictRequest`` (``model_spec`` name, version or version_lab
 signature_name; ``inputs`` as ``TensorProto``; ``output_filter``), and
 ``model_service_pb2_grpc.ModelServiceStub.GetModelStatus``. The gRPC deadline is the request
 deadline; ``x-request-id`` metadata is honoured and returned; a fallback answer carries
-``x-mlsd-fallback`` in the trailing metadata.
+``x-mlsd-fallback`` in the trailing metadata. ``Predict`` shares the process's ``max_inflight``
+bound with REST: beyond it a call is refused at once with ``RESOURCE_EXHAUSTED``.
 """
 from __future__ import annotations
 
@@ -71,6 +72,19 @@ class Servicer:
         await context.abort(getattr(grpc.StatusCode, e.grpc_code), e.message)
 
     async def predict(self, request, context):
+        admission = self.service.admission
+        if not admission.enter():     # max_inflight held: refused before any work
+            rid = request_id(_metadata(context, "x-request-id"))
+            e = admission.refusal()
+            self.service.refused(request.model_spec.name, "grpc:predict", rid, e.message)
+            await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, e.message)
+            return None
+        try:
+            return await self._predict(request, context)
+        finally:
+            admission.leave()
+
+    async def _predict(self, request, context):
         rid = request_id(_metadata(context, "x-request-id"))
         call = Call(api="grpc:predict", model=request.model_spec.name, request_id=rid)
         await context.send_initial_metadata((("x-request-id", rid),))

@@ -132,7 +132,10 @@ class PredictionLog:
                 self._on_record("dropped", 1)
                 return
             self._queue.append(_Item(record))
-            self._cond.notify()
+            # Wake the writer only to start a flush window or to end a full one: a wake-up per
+            # record would hand it the GIL once per request.
+            if len(self._queue) == 1 or len(self._queue) >= self.cfg.max_batch:
+                self._cond.notify()
 
     async def write_durable(self, *args, **kwargs) -> None:
         """Queues a record and returns once the transaction holding it has committed."""

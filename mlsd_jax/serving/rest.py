@@ -3,12 +3,18 @@
 Every route answers JSON; errors are ``{"error": "..."}`` with the status TF Serving uses for
 the canonical code (400 invalid argument, 404 not found, 413 body too large, 429 queue full,
 503 unavailable, 504 deadline exceeded). The server never answers 5xx for what a client sent.
+
+Admission (:class:`AdmissionMiddleware`, an ASGI middleware in front of every route): a predict
+request (any ``POST`` under ``/v1/models/`` or ``/v2/models/``) beyond ``max_inflight`` held by
+this process is answered 429 ``{"error": ...}`` at once, before its body is read; its arrival
+time starts its deadline. ``GET`` routes (health, status, metadata, ``/metrics``) are never refused.
 """
 from __future__ import annotations
 
 import json
 import logging
 import re
+import time
 from typing import Any
 
 from starlette.applications import Starlette
@@ -117,6 +123,61 @@ def model_status_json(service: Service, name: str, version: int | None,
     return {"model_version_status": out}
 
 
+# ------------------------------------------------------------------------------ admission
+ARRIVED = "mlsd.arrived"      # ASGI scope key: time.monotonic() when the request came in
+_PREDICT_PREFIXES = ("/v1/models/", "/v2/models/")
+
+
+def _api_and_model(path: str) -> tuple[str, str]:
+    """The API label and model name of a predict path (for the refusal's metrics)."""
+    if path.startswith("/v2/"):
+        return "v2:infer", path[len("/v2/models/"):].split("/", 1)[0]
+    rest = path[len("/v1/models/"):]
+    verb = rest.rsplit(":", 1)[1] if ":" in rest else ""
+    return (f"rest:{verb}" if verb in VERBS else "rest"), re.split(r"[/:]", rest, maxsplit=1)[0]
+
+
+class AdmissionMiddleware:
+    """Pure ASGI middleware: bounds the predict requests in progress (``max_inflight``)."""
+
+    def __init__(self, app, service: Service):
+        self.app, self.service = app, service
+        self.admission = service.admission
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        scope[ARRIVED] = time.monotonic()
+        if scope["method"] != "POST" or not scope["path"].startswith(_PREDICT_PREFIXES):
+            return await self.app(scope, receive, send)
+        if not self.admission.enter():
+            return await self._refuse(scope, send)
+        try:
+            await self.app(scope, receive, send)
+        finally:
+            self.admission.leave()
+
+    async def _refuse(self, scope, send) -> None:
+        rid = None
+        for k, v in scope.get("headers") or ():
+            if k == b"x-request-id":
+                rid = v.decode("latin-1")
+                break
+        rid = request_id(rid)
+        message = self.admission.refusal().message
+        api, model = _api_and_model(scope["path"])
+        self.service.refused(model, api, rid, message)
+        body = json.dumps({"error": message}).encode()
+        await send({"type": "http.response.start", "status": 429, "headers": [
+            (b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()),
+            (b"x-request-id", rid.encode("latin-1", "replace")), (b"retry-after", b"1")]})
+        await send({"type": "http.response.body", "body": body})
+
+
+def _arrived(request: Request) -> float:
+    return request.scope.get(ARRIVED) or time.monotonic()
+
+
 # ----------------------------------------------------------------------------------- the app
 class RestApi:
     def __init__(self, service: Service):
@@ -152,8 +213,9 @@ class RestApi:
             return _json({"error": f"internal error ({type(exc).__name__}); request id {rid}"},
                          500, {"X-Request-Id": rid})
 
-        return Starlette(routes=self.routes(), exception_handlers={
+        app = Starlette(routes=self.routes(), exception_handlers={
             404: not_found, 405: not_found, Exception: internal})
+        return AdmissionMiddleware(app, self.service)
 
     # ------------------------------------------------------------------------------- TF /v1
     async def v1(self, request: Request) -> Response:
@@ -194,7 +256,8 @@ class RestApi:
 
     async def _v1_post(self, request: Request, match, verb: str, rid: str) -> Response:
         service = self.service
-        call = Call(api=f"rest:{verb}", model=match["name"], request_id=rid)
+        call = Call(api=f"rest:{verb}", model=match["name"], request_id=rid,
+                    arrived=_arrived(request))
         try:
             _content_type_ok(request)
             body = codec.parse_json(await _body(request, self.cfg.max_body_bytes))
@@ -283,7 +346,8 @@ class RestApi:
     async def v2_infer(self, request: Request) -> Response:
         service = self.service
         rid = request_id(request.headers.get("x-request-id"))
-        call = Call(api="v2:infer", model=request.path_params["name"], request_id=rid)
+        call = Call(api="v2:infer", model=request.path_params["name"], request_id=rid,
+                    arrived=_arrived(request))
         payload = None
         try:
             _content_type_ok(request)

@@ -53,7 +53,10 @@ Responses carry ``X-Request-Id`` (the client's, or a new one) and, when the mode
 missed its deadline and the configured fallback answered, ``X-Mlsd-Fallback: <reason>`` plus a
 ``"fallback"`` field in the body (``parameters.fallback`` in V2, trailing metadata
 ``x-mlsd-fallback`` in gRPC). Request deadlines: ``X-Request-Deadline-Ms`` or the gRPC
-deadline, else ``deadline_ms``.
+deadline, else ``deadline_ms``, counted from the request's arrival. Load shedding: beyond
+``max_inflight`` predict requests held by a process, more are refused at once (429
+``{"error": ...}`` / ``RESOURCE_EXHAUSTED``), as are requests finding ``batching.max_queued``
+waiting; probes and ``/metrics`` never are.
 """
 from __future__ import annotations
 

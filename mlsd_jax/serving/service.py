@@ -3,12 +3,19 @@
 REST (TF Serving and KServe V2) and gRPC decode their bodies into input tensors and call
 :meth:`Service.predict`; :meth:`Service.finish` records the outcome once (Prometheus counters
 and latency, the structured access log, the prediction log).
+
+Admission: :class:`Admission` bounds the predict requests one process holds (``max_inflight``);
+REST checks it in an ASGI middleware before the body is read, gRPC at the handler's entry. A
+refused request is answered 429 / ``RESOURCE_EXHAUSTED`` and counted
+(``mlsd_serving_shed{reason="inflight"}`` and ``mlsd_serving_requests{code="429"}``) and
+access-logged, but not written to the prediction log (it never reached a model).
 """
 from __future__ import annotations
 
 import asyncio
 import dataclasses
 import logging
+import threading
 import time
 import uuid
 from typing import Any, Mapping
@@ -45,6 +52,7 @@ class Call:
     model: str
     request_id: str
     started: float = dataclasses.field(default_factory=time.perf_counter)
+    arrived: float = dataclasses.field(default_factory=time.monotonic)  # the deadline's start
     version: int | None = None
     signature: str | None = None
     inputs: Mapping[str, Any] | None = None
@@ -75,10 +83,51 @@ def parse_deadline_ms(value: str | None) -> float | None:
     return ms
 
 
+class Admission:
+    """At most ``limit`` predict requests held at once by this process (REST and gRPC)."""
+
+    def __init__(self, limit: int):
+        self.limit = limit
+        self.inflight = 0
+        self._lock = threading.Lock()
+
+    def enter(self) -> bool:
+        """Takes a slot; ``False`` (nothing taken) when all ``limit`` are held."""
+        with self._lock:
+            if self.inflight >= self.limit:
+                return False
+            self.inflight += 1
+            return True
+
+    def leave(self) -> None:
+        with self._lock:
+            self.inflight -= 1
+
+    def refusal(self) -> ServingError:
+        return ServingError("RESOURCE_EXHAUSTED",
+                            f"the server holds {self.limit} predict requests "
+                            f"(max_inflight={self.limit}); retry later")
+
+
 class Service:
     def __init__(self, cfg: ServeConfig, store: ModelStore, predlog: PredictionLog | None,
                  cache: ResponseCache | None):
         self.cfg, self.store, self.predlog, self.cache = cfg, store, predlog, cache
+        self.admission = Admission(cfg.inflight_limit())
+
+    def model_label(self, name: str) -> str:
+        """The model's name as a metric label (one label for every unknown name)."""
+        return name if name in self.store.models else UNKNOWN_MODEL
+
+    def refused(self, model: str, api: str, rid: str, error: str) -> None:
+        """Records a request refused at admission (metrics and access log only)."""
+        m = metrics()
+        label = self.model_label(model)
+        m.shed.labels(label, "inflight").inc()
+        m.requests.labels(label, "", api, "429").inc()
+        if self.cfg.access_log:
+            event("request", logging.INFO, request_id=rid, api=api, model=model[:200],
+                  code=429, error=error)
 
     def resolve(self, call: Call, version: int | None, label: str | None) -> ModelVersion:
         mv = self.store.get(call.model).resolve(version, label)
@@ -93,7 +142,7 @@ class Service:
 
     async def predict(self, call: Call, mv: ModelVersion, signature: str | None,
                       inputs: Mapping[str, Any], deadline_ms: float | None = None) -> Prediction:
-        t0 = time.monotonic()
+        t0 = call.arrived
         info = mv.signature(signature)
         call.signature = info.name
         arrays, sizes = info.validate(inputs)
@@ -113,11 +162,21 @@ class Service:
         deadline_s = self._deadline_s(mv, deadline_ms)
         batcher = mv.batchers.get(info.name)
         try:
+            if time.monotonic() >= t0 + deadline_s:
+                # It waited (event loop, parsing) past its deadline: not run late.
+                m.shed.labels(mv.model, "deadline").inc()
+                raise ServingError("DEADLINE_EXCEEDED", f"model {mv.model}: the request's "
+                                                        f"deadline of {deadline_s * 1000:g} ms "
+                                                        f"passed before it ran")
             if batcher is None:
-                if time.monotonic() >= t0 + deadline_s:
-                    raise ServingError("DEADLINE_EXCEEDED", f"model {mv.model}: the request's "
-                                                            f"deadline passed before it ran")
                 outputs = executor.run([(arrays, sizes)])[0]
+            elif await self._claim_idle(batcher):   # alone and the device idle: run now
+                rows = 0
+                try:
+                    outputs = executor.run([(arrays, sizes)])[0]
+                    rows = call.rows
+                finally:
+                    batcher.release_idle(rows)
             else:
                 try:
                     future = batcher.submit(arrays, sizes, t0 + deadline_s)
@@ -129,7 +188,8 @@ class Service:
                 try:
                     outputs = await asyncio.wait_for(asyncio.shield(future), max(left, 0.0))
                 except asyncio.TimeoutError:
-                    batcher.cancel(future)
+                    if batcher.cancel(future):
+                        m.shed.labels(mv.model, "deadline").inc()
                     raise ServingError("DEADLINE_EXCEEDED",
                                        f"model {mv.model} version {mv.version} did not answer "
                                        f"within the deadline of {deadline_s * 1000:g} ms") from None
@@ -148,6 +208,16 @@ class Service:
             self.cache.put(key, outputs)
         return Prediction(outputs, mv, info, None)
 
+    async def _claim_idle(self, batcher) -> bool:
+        """The idle fast path: only for a request alone in this process (``max_inflight``'s
+        count, taken after one turn of the event loop so that requests which arrived with it
+        are counted) while its batcher has nothing queued or running. Under concurrency the
+        requests queue and share batches instead of running one by one on the event loop."""
+        if batcher.timeout > 0:
+            return False
+        await asyncio.sleep(0)
+        return self.admission.inflight <= 1 and batcher.claim_idle()
+
     def _fallback(self, call: Call, mv: ModelVersion, info: SignatureInfo, sizes, reason: str,
                   error: ServingError) -> Prediction:
         outputs = mv.fallback(info.name, sizes, call.inputs or {})
@@ -165,7 +235,7 @@ class Service:
         m = metrics()
         version = str(call.version) if call.version is not None else ""
         # Unknown model names come from clients: one label for all of them (bounded series).
-        model = call.model if call.model in self.store.models else UNKNOWN_MODEL
+        model = self.model_label(call.model)
         m.requests.labels(model, version, call.api, str(code)).inc()
         m.latency.labels(model, call.api).observe(latency)
         if self.cfg.access_log:

@@ -92,7 +92,9 @@ class ModelVersion:
                 if column is None:
                     return None
                 table, default = value.get("table") or {}, value.get("default", 0)
-                looked = [table.get(k if isinstance(k, str) else str(k), default)
+                looked = [table.get(k if isinstance(k, str) else
+                                    k.decode("utf-8", "replace") if isinstance(k, bytes)
+                                    else str(k), default)
                           for k in column.reshape(-1).tolist()]
                 arr = np.asarray(looked, dtype=dtype).reshape(column.shape)
                 if spec.shape_for(sizes) not in (None, arr.shape):
