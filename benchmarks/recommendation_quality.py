@@ -6,7 +6,9 @@ protocol's validation MRR@10, test scored once on the state validation chose), o
 seeds; seed `s` sets the model seed and the random split's seed (`seed=s data.seed=s`):
 
 * RecBole full ranking (random 8:1:1 per user, every item ranked, known items masked):
-  popularity, BPR-MF, NeuMF and the two-tower model, with RecBole's BPR figures beside;
+  popularity, BPR-MF (RecBole's BPR setup), NeuMF, the two-tower model and MF trained with the
+  full softmax over the catalogue and weight decay (`recommendation/model=mf_softmax`, tuned on
+  validation MRR@10), with RecBole's BPR figures beside;
 * NCF protocol (time-ordered leave-one-out, 99 fixed sampled negatives): the same arms, each
   trained on the leave-one-out split (the runs' `loo` companions);
 * sequential protocol (time-ordered leave-last-out, full ranking, history masked): SASRec with
@@ -15,6 +17,13 @@ seeds; seed `s` sets the model seed and the random split's seed (`seed=s data.se
 
     python benchmarks/recommendation_quality.py --seeds 0 1 2
     python benchmarks/recommendation_quality.py --quick      # under a minute: a smoke run
+
+`--arms LABEL ...` runs only the arms with those labels; with `--merge` their rows replace the
+same arms' rows (same seeds) in the existing results JSON, the other rows are kept as measured,
+and the markdown is regenerated from the merged rows (it lists every command that produced
+them).
+
+    python benchmarks/recommendation_quality.py --seeds 0 1 2 --arms "MF softmax" --merge
 """
 from __future__ import annotations
 
@@ -37,6 +46,7 @@ ARMS = [
     ("BPR-MF", "full", "mf", [], ["loo"]),
     ("NeuMF", "full", "neumf", [], ["loo"]),
     ("two-tower", "full", "two_tower", [], ["loo"]),
+    ("MF softmax", "full", "mf_softmax", [], ["loo"]),
     ("SASRec", "seq", "sasrec", [], []),
     ("BPR-MF", "seq", "mf", [], []),
 ]
@@ -109,7 +119,9 @@ def markdown(summary, meta) -> str:
     from mlsd_jax.tasks.recommendation import REFERENCES
 
     lines = ["# Recommendation quality: MovieLens-100k", "",
-             f"Seeds {meta['seeds']} (model seed and random-split seed); {meta['machine']}. "
+             f"Seeds {meta['seeds']} (model seed and random-split seed); "
+             + ("machines as listed under the commands below" if meta.get("commands")
+                else meta["machine"]) + ". "
              "Test metrics, mean ± standard deviation over seeds; valid MRR@10 is what early "
              "stopping read. Every number in a table comes from the same evaluator on the same "
              "splits.", ""]
@@ -140,9 +152,45 @@ def markdown(summary, meta) -> str:
               "trained the model (a full-protocol run includes its leave-one-out companion). "
               "SASRec and BPR-MF in the sequential table are trained on the leave-last-out "
               "split (BPR-MF from user ids, SASRec from the history).",
-              "", "Command: `python benchmarks/recommendation_quality.py " +
-              " ".join(meta["argv"]) + "`"]
+              ""]
+    commands = meta.get("commands")
+    if not commands:
+        lines.append("Command: `python benchmarks/recommendation_quality.py " +
+                     " ".join(meta["argv"]) + "`")
+    else:
+        lines.append("Commands (later ones replaced the rows of the arms they reran, the "
+                     "others are as the earlier ones measured them):")
+        lines.append("")
+        for c in commands:
+            lines.append("- `python benchmarks/recommendation_quality.py " +
+                         " ".join(_quote(a) for a in c["argv"]) + f"` ({c['machine']})")
     return "\n".join(lines) + "\n"
+
+
+def select_arms(arms, labels):
+    """The arms whose label is in ``labels`` (every arm when ``labels`` is None)."""
+    if labels is None:
+        return list(arms)
+    known = sorted({a[0] for a in arms})
+    unknown = sorted(set(labels) - set(known))
+    if unknown:
+        raise SystemExit(f"--arms: unknown label(s) {unknown}; valid: {known}")
+    return [a for a in arms if a[0] in labels]
+
+
+def merge_rows(old_rows, new_rows):
+    """``old_rows`` without the (arm label, run, seed) triples that ``new_rows`` measured again,
+    plus ``new_rows``. A popularity row is kept once per (protocol, seed): the baseline is the
+    same on the same split whichever run scored it."""
+    fresh = {(r["model"], r["run"], r["seed"]) for r in new_rows if r["model"] != "popularity"}
+    kept = [r for r in old_rows if (r["model"], r["run"], r["seed"]) not in fresh]
+    have = {(r["protocol"], r["seed"]) for r in kept if r["model"] == "popularity"}
+    return kept + [r for r in new_rows
+                   if r["model"] != "popularity" or (r["protocol"], r["seed"]) not in have]
+
+
+def _quote(arg: str) -> str:
+    return f'"{arg}"' if (" " in arg or not arg) else arg
 
 
 def main(argv=None):
@@ -151,12 +199,17 @@ def main(argv=None):
     ap.add_argument("--quick", action="store_true",
                     help="one seed, BPR-MF for 120 steps and a tiny SASRec (a smoke run)")
     ap.add_argument("--out-dir", default=str(ROOT / "benchmarks" / "results"))
+    ap.add_argument("--arms", nargs="+", default=None, metavar="LABEL",
+                    help="run only the arms with these labels (default: every arm)")
+    ap.add_argument("--merge", action="store_true",
+                    help="merge the new rows into the existing results JSON (replacing the "
+                         "rerun arms' rows) and regenerate the markdown from all rows")
     args = ap.parse_args(argv if argv is not None else sys.argv[1:])
     from mlsd_jax.utils.xla_flags import configure_jax
 
     configure_jax()
     seeds = args.seeds[:1] if args.quick else args.seeds
-    arms = QUICK_ARMS if args.quick else ARMS
+    arms = select_arms(QUICK_ARMS if args.quick else ARMS, args.arms)
     rows = []
     t0 = time.perf_counter()
     with tempfile.TemporaryDirectory() as tmp:
@@ -165,10 +218,10 @@ def main(argv=None):
                 print(f"[recommendation_quality] seed {seed}: {label} ({data})", flush=True)
                 rows += run_arm(label, data, model, extra, companions, seed,
                                 Path(tmp) / f"s{seed}_{i}")
-    summary = summarise(rows)
     import jax
 
-    meta = {"seeds": seeds, "argv": list(argv if argv is not None else sys.argv[1:]),
+    argv_now = list(argv if argv is not None else sys.argv[1:])
+    meta = {"seeds": seeds, "argv": argv_now,
             "machine": f"{platform.machine()} {os.cpu_count()} cores, load "
                        f"{os.getloadavg()[0]:.1f}, jax {jax.__version__} "
                        f"({jax.default_backend()})",
@@ -176,6 +229,17 @@ def main(argv=None):
     out = Path(args.out_dir)
     out.mkdir(parents=True, exist_ok=True)
     stem = "recommendation_quality_quick" if args.quick else "recommendation_quality"
+    if args.merge:
+        path = out / f"{stem}.json"
+        if not path.exists():
+            raise SystemExit(f"--merge: no results to merge into at {path}")
+        old = json.loads(path.read_text())
+        rows = merge_rows(old["runs"], rows)
+        earlier = old["meta"].get("commands") or [{k: old["meta"][k] for k in
+                                                   ("seeds", "argv", "machine", "total_s")}]
+        meta = {**meta, "seeds": sorted({r["seed"] for r in rows}),
+                "commands": earlier + [dict(meta)]}
+    summary = summarise(rows)
     (out / f"{stem}.json").write_text(json.dumps({"meta": meta, "summary": summary, "runs": rows},
                                                  indent=2))
     (out / f"{stem}.md").write_text(markdown(summary, meta))

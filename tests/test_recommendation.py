@@ -239,6 +239,41 @@ def test_bpr_and_bce_losses():
                                        rel=1e-6)
 
 
+def test_full_softmax_loss_matches_numpy_over_the_whole_catalogue():
+    rng = np.random.default_rng(1)
+    scores = rng.normal(size=(4, 9)).astype(np.float32) * 3
+    items = np.array([2, 8, 1, 5])           # row 2: the OOV row is a valid target
+    weight = np.array([1.0, 2.0, 1.0, 0.0])  # row 3 is padding
+    loss, _ = jax.jit(mr.SoftmaxLoss())({"scores": scores}, {"item_id": items, "weight": weight})
+    z = scores[:, 1:].astype(np.float64)     # column 0 (padding id) never competes
+    per = np.log(np.exp(z).sum(1)) - z[np.arange(4), items - 1]
+    assert float(loss) == pytest.approx(np.sum(weight * per) / weight.sum(), rel=1e-5)
+    # Every other item of the catalogue is in the denominator: raising any of them raises the
+    # loss, a raised padding column changes nothing.
+    bumped = scores.copy()
+    bumped[:, 4] += 5.0
+    more, _ = jax.jit(mr.SoftmaxLoss())({"scores": bumped}, {"item_id": items, "weight": weight})
+    assert float(more) > float(loss) + 0.1
+    bumped = scores.copy()
+    bumped[:, 0] += 50.0
+    same, _ = jax.jit(mr.SoftmaxLoss())({"scores": bumped}, {"item_id": items, "weight": weight})
+    assert float(same) == pytest.approx(float(loss), rel=1e-6)
+
+
+def test_mf_softmax_option_trains_mf_with_the_full_softmax_and_decays_its_tables():
+    cfg = compose_config(["+task=recommendation", "recommendation/model=mf_softmax"])
+    assert cfg.model._target_.endswith(".MF") and cfg.loss._target_.endswith(".SoftmaxLoss")
+    assert cfg.optim.name == "adamw" and cfg.optim.weight_decay > 0
+    assert cfg.optim.decay_params is None   # the embedding tables are decayed (MF has no other)
+    # The loss stays the user's choice; the default model keeps RecBole's BPR setup.
+    bpr = compose_config(["+task=recommendation", "recommendation/model=mf_softmax",
+                          "recommendation/loss=bpr"])
+    assert bpr.loss._target_.endswith(".BPRLoss")
+    default = compose_config(["+task=recommendation"])
+    assert default.loss._target_.endswith(".ModelLoss") and default.optim.name == "adam"
+    assert default.optim.weight_decay == 0
+
+
 # -------------------------------------------------------------------------------------- models
 CARDS = {"user_id": 12, "item_id": 20, "age": 6, "gender": 4, "occupation": 5, "genres": 7,
          "year": 6}
@@ -370,7 +405,8 @@ def test_pair_models_reject_the_in_batch_loss():
 
 # ------------------------------------------------------------------------------ task, training
 @pytest.mark.parametrize("name,data", [("gmf", "full"), ("ncf_mlp", "full"), ("neumf", "loo"),
-                                       ("two_tower", "full"), ("sasrec", "seq")])
+                                       ("two_tower", "full"), ("sasrec", "seq"),
+                                       ("mf_softmax", "full")])
 def test_one_training_step_of_every_model_on_8_devices(name, data, tmp_path):
     assert jax.device_count() == 8
     cfg = compose_config(["+task=recommendation", f"recommendation/model={name}",
@@ -536,14 +572,17 @@ def test_export_round_trip_with_raw_strings_and_unseen_ids(tmp_path):
 # ------------------------------------------------------------------------------------ quality
 # RecBole publishes BPR on ML-100k under the same full-ranking protocol (RS 8:1:1 per user, all
 # items ranked, embedding 64, Adam 1e-3, batch 2048, early stopping on valid MRR@10): test
-# NDCG@10 0.2920 in its docs (0.2768 in its README run). Our BPR must land within 0.03 of the
-# docs figure (the harness reproduces the field's number), clearly above popularity, and the best
-# model (the two-tower, chosen on validation) must not fall below BPR on the same split.
+# NDCG@10 0.2920 from the quick-start run of its docs (0.2768 from the best parameters of the
+# hyper-tuning example on its parameter-tuning page). Our BPR must land within 0.03 of the
+# quick-start figure (the harness reproduces the field's number), clearly above popularity, and
+# the best model (MF with the full softmax and weight decay, chosen on validation) must beat
+# both BPR on the same split and RecBole's published BPR figures.
 RECBOLE_BPR_NDCG10 = 0.2920
+RECBOLE_BPR_MRR10 = 0.4855
 
 
 @pytest.mark.slow
-def test_bpr_reproduces_recbole_and_the_two_tower_beats_it(tmp_path):
+def test_bpr_reproduces_recbole_and_mf_with_the_full_softmax_beats_it(tmp_path):
     def full_run(model):
         cfg = compose_config(["+task=recommendation", f"recommendation/model={model}",
                               "task.companions=[]", "export.enabled=false",
@@ -554,5 +593,7 @@ def test_bpr_reproduces_recbole_and_the_two_tower_beats_it(tmp_path):
     assert bpr["test/full/ndcg@10"] > bpr["test/full/popularity/ndcg@10"] + 0.05, bpr
     assert abs(bpr["test/full/ndcg@10"] - RECBOLE_BPR_NDCG10) <= 0.03, bpr
     assert bpr["test/full/hit@10"] > 0.7 and bpr["test/full/recall@10"] > 0.2, bpr
-    best = full_run("two_tower")
-    assert best["test/full/ndcg@10"] >= bpr["test/full/ndcg@10"], (best, bpr)
+    best = full_run("mf_softmax")
+    assert best["test/full/ndcg@10"] >= bpr["test/full/ndcg@10"] + 0.02, (best, bpr)
+    assert best["test/full/ndcg@10"] > RECBOLE_BPR_NDCG10, best
+    assert best["test/full/mrr@10"] > RECBOLE_BPR_MRR10, best

@@ -161,8 +161,14 @@ class InBatchSoftmaxLoss(_Loss):
 
 @dataclasses.dataclass(frozen=True)
 class SoftmaxLoss(_Loss):
-    """Full softmax cross-entropy of the next item over every item id (RecBole's ``CE`` for
-    sequential models); id 0 (padding) is excluded."""
+    """Full softmax cross-entropy of the positive item over every item id of the vocabulary
+    (RecBole's ``CE`` for sequential models; with :class:`MF` the multinomial likelihood of
+    Mult-VAE, one positive per example): ``logsumexp_j s(u, j) - s(u, i+)``, no sampling.
+
+    Id 0 (padding) is excluded; the OOV row (id 1, which scores every item unseen in training)
+    is an ordinary negative. The user's other training items stay in the denominator, as in the
+    multinomial likelihood: each is the target of its own example, so together they raise the
+    user's known items against the rest of the catalogue (evaluation masks them anyway)."""
 
     needs: ClassVar[str] = "catalogue"
 
@@ -232,7 +238,8 @@ class Recommender(nn.Module):
 
 
 class MF(Recommender):
-    """Matrix factorisation: ``s(u, i) = p_u . q_i`` (BPR-MF; RecBole's ``BPR``)."""
+    """Matrix factorisation: ``s(u, i) = p_u . q_i`` (BPR-MF, RecBole's ``BPR``; the model
+    option ``mf_softmax`` trains it with :class:`SoftmaxLoss` instead)."""
 
     cardinalities: Mapping[str, int]
     embed_dim: int = 64
