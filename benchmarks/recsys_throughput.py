@@ -9,8 +9,9 @@ written here):
 
 * CTR, a Criteo-like setting: 26 id fields with the per-field cardinalities of the Criteo Kaggle
   set (as DLRM lists them) capped at 100,000 rows (840,543 ids in all), 13 numeric fields,
-  embeddings of 16 over :class:`mlsd_jax.models.ctr.FieldEmbedding` (39 fields, one table per id
-  field plus a 1-wide first-order table, ``x * v_f`` per number). ``deepfm``
+  embeddings of 16 over :class:`mlsd_jax.models.ctr.FieldEmbedding` (39 fields; the id fields'
+  rows in one stacked table with per-field row offsets plus a 1-wide first-order table stacked
+  the same way, ``x * v_f`` per number). ``deepfm``
   (:class:`~mlsd_jax.models.ctr.DeepFM`, MLP 400-400-400), ``wide_deep``
   (:class:`~mlsd_jax.models.ctr.WideDeep`, MLP 400-400-400), ``dcn_v2``
   (:class:`~mlsd_jax.models.ctr.DCNv2`, 3 full-rank cross layers, deep 400-400 stacked);
@@ -785,16 +786,12 @@ def copy_jax_params(name: str, params, model, sz: dict) -> None:
 
     if name in CTR_MODELS:
         f, fields = params["features"], model.fields
-        starts = fields.offset.tolist()
-        tables = [(f["embed"], fields.embed.weight)]
+        # the same stacked layout: each field's rows at the same row offset in both
+        put(fields.embed.weight, f["embed"]["embedding"])
         if fields.has_linear:
-            tables.append((f["linear"], fields.linear.weight))
+            put(fields.linear.weight, f["linear"]["embedding"])
             put(fields.bias, f["bias"])
             put(fields.linear_numeric, f["linear_numeric"]["kernel"])
-        for k, field in enumerate(cardinalities(name, sz)):
-            for src, dst in tables:
-                table = np.asarray(src[field]["embedding"])
-                put(dst[starts[k]:starts[k] + table.shape[0]], table)
         numeric = sorted(k for k in f if k.startswith("numeric_"))
         put(fields.numeric, np.concatenate([np.asarray(f[k]["kernel"]) for k in numeric]))
         if name == "dcn_v2":
@@ -1209,9 +1206,9 @@ def main(argv=None) -> int:
                      + (", mode='reduce-overhead' (CUDA graphs)" if plat != "cpu" else "")
                      + "); compiled predict is a separate torch.compile of the serving call")
     if any(n in jax_res for n in CTR_MODELS):
-        notes.append("CTR id tables: one table per field in JAX; in torch the field tables live "
-                     "in one tensor with row offsets (one lookup per step instead of one per "
-                     "field; the same rows and OOV handling)")
+        notes.append("CTR id tables: in JAX and in torch the field tables live in one tensor "
+                     "with per-field row offsets (one lookup per step instead of one per field; "
+                     "each field keeps its rows and OOV row)")
     if plat == "cpu":
         notes.append("JAX CPU settings from mlsd_jax.utils.xla_flags.configure_jax(): XLA_FLAGS="
                      f"`{os.environ.get('XLA_FLAGS', '')}`; threefry lowered unrolled (same bits)")

@@ -12,6 +12,7 @@ from mlsd_jax.experiment import run
 from mlsd_jax.metrics import streaming as ms
 from mlsd_jax.metrics.calibration import CalibrationByDecile
 from mlsd_jax.models import ctr as models
+from mlsd_jax.models.embedding import field_offsets
 from tests.utils import compose_config
 
 MODELS = ("lr", "fm", "deepfm", "wide_deep", "dcn_v2")
@@ -80,26 +81,71 @@ def test_fm_model_is_linear_part_plus_pairwise_term_of_field_vectors():
             return table[ids]
         return (table[ids] * mask[..., None]).sum(1) / np.maximum(mask.sum(1), 1)[:, None]
 
-    emb = p["embed"]
-    fields = [pooled(emb["user_id"]["embedding"], x["user_id"]),
-              pooled(emb["item_id"]["embedding"], x["item_id"]),
-              pooled(emb["genres"]["embedding"], x["genres"], x["genres/mask"]),
+    # Every id field's rows sit in one stacked table at the field's row offset.
+    offsets, rows = field_offsets(CARDS)
+    assert p["embed"]["embedding"].shape == (rows, 4) and p["linear"]["embedding"].shape == (rows, 1)
+    emb = {f: p["embed"]["embedding"][offsets[f]:] for f in CARDS}
+    lin = {f: p["linear"]["embedding"][offsets[f]:] for f in CARDS}
+    fields = [pooled(emb["user_id"], x["user_id"]),
+              pooled(emb["item_id"], x["item_id"]),
+              pooled(emb["genres"], x["genres"], x["genres/mask"]),
               x["age"][:, None] * p["numeric_age"]["kernel"][0],
               x["age/missing"][:, None] * p["numeric_age_missing"]["kernel"][0]]
-    lin = p["linear"]
-    linear = (p["bias"][0] + lin["user_id"]["embedding"][x["user_id"], 0]
-              + lin["item_id"]["embedding"][x["item_id"], 0]
-              + pooled(lin["genres"]["embedding"], x["genres"], x["genres/mask"])[:, 0]
+    linear = (p["bias"][0] + lin["user_id"][x["user_id"], 0]
+              + lin["item_id"][x["item_id"], 0]
+              + pooled(lin["genres"], x["genres"], x["genres/mask"])[:, 0]
               + np.stack([x["age"], x["age/missing"]], 1) @ p["linear_numeric"]["kernel"][:, 0])
     pair = sum(np.sum(fields[i] * fields[j], -1) for i in range(5) for j in range(i + 1, 5))
     np.testing.assert_allclose(apply(x), linear + pair, rtol=1e-4, atol=1e-4)
     # The penalty term: squared norms of the id rows each example read (embedding and linear).
-    wide = [lin["user_id"]["embedding"][x["user_id"], 0],
-            lin["item_id"]["embedding"][x["item_id"], 0],
-            pooled(lin["genres"]["embedding"], x["genres"], x["genres/mask"])[:, 0]]
+    wide = [lin["user_id"][x["user_id"], 0],
+            lin["item_id"][x["item_id"], 0],
+            pooled(lin["genres"], x["genres"], x["genres/mask"])[:, 0]]
     l2 = sum(np.sum(f * f, -1) for f in fields[:3]) + sum(v * v for v in wide)
     _, got = apply(x, with_l2=True)
     np.testing.assert_allclose(got, l2, rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("dtype", [None, jnp.bfloat16])
+def test_stacked_table_gives_the_outputs_of_separate_tables_with_the_same_rows(dtype):
+    import flax.linen as nn
+
+    from mlsd_jax.models.embedding import MultiEmbedding, StackedEmbedding, table_rows
+
+    x = _inputs(batch=16, seed=3)
+    ids = {f: x[f] for f in CARDS}
+    ids["user_id"] = ids["user_id"].copy()
+    ids["user_id"][:4] = [-1, 20, 10_000, 19]  # OOV ids of user_id read user_id's OOV row
+    masks = {"genres": x["genres/mask"]}
+    sep = MultiEmbedding(CARDS, 5, dtype=dtype)
+    stacked = StackedEmbedding(CARDS, 5, dtype=dtype)
+    p_sep = nn.meta.unbox(sep.init(jax.random.key(0), ids, masks))
+    p_st = nn.meta.unbox(stacked.init(jax.random.key(1), ids, masks))
+    offsets, rows = field_offsets(CARDS)
+    # Same parameter count: each field keeps its rows, OOV row and rounding.
+    assert rows == sum(table_rows(c) for c in CARDS.values())
+    assert p_st["params"]["embedding"].size == sum(v.size for v in jax.tree.leaves(p_sep))
+    table = np.asarray(p_st["params"]["embedding"]).copy()
+    for f in CARDS:  # the separate tables' rows, copied to their offsets
+        sep_rows = np.asarray(p_sep["params"][f]["embedding"])
+        table[offsets[f]:offsets[f] + len(sep_rows)] = sep_rows
+    p_st = {"params": {"embedding": jnp.asarray(table)}}
+    want = sep.apply(p_sep, ids, masks)
+    got = stacked.apply(p_st, ids, masks)
+    for f in CARDS:
+        assert got[f].dtype == want[f].dtype
+        np.testing.assert_allclose(np.asarray(got[f], np.float32),
+                                   np.asarray(want[f], np.float32), rtol=1e-6, atol=1e-6)
+    # One id shape for every field (the stacked [..., F] read) and stack=True.
+    single = {f: x[f] if f != "genres" else x["genres"][:, 0] for f in CARDS}
+    np.testing.assert_allclose(stacked.apply(p_st, single, stack=True),
+                               sep.apply(p_sep, single, stack=True), rtol=1e-6, atol=1e-6)
+    assert not np.allclose(got["user_id"][0], got["user_id"][4])
+    np.testing.assert_array_equal(got["user_id"][0], got["user_id"][1])  # -1 and 20: OOV
+    with pytest.raises(KeyError, match="expected"):
+        stacked.apply(p_st, {"user_id": ids["user_id"]})
+    with pytest.raises(TypeError, match="'item_id' must be integers"):
+        stacked.apply(p_st, dict(ids, item_id=x["age"]), masks)
 
 
 @pytest.mark.parametrize("low_rank", [None, 3])
@@ -492,6 +538,63 @@ def test_unseen_users_and_items_read_the_oov_row(debug_task):
     assert float(task.consts["prior_logit"]) == pytest.approx(np.log(rate / (1 - rate)), abs=1e-6)
 
 
+@pytest.mark.filterwarnings("ignore:Using `httpx` with `starlette.testclient`")
+def test_bytes_strings_score_as_their_str_through_the_server(debug_task, tmp_path):
+    """Strings sent as bytes (REST ``{"b64": ...}``, an ``S`` array in process) give the codes
+    and scores of the same values as str, the prefixed zip code included."""
+    import base64
+    import json
+    import shutil
+
+    from starlette.testclient import TestClient
+
+    from mlsd_jax import sharding as shd
+    from mlsd_jax.experiment import typed
+    from mlsd_jax.export import export_model
+    from mlsd_jax.serving import codec, serve_config
+    from mlsd_jax.serving.rest import RestApi
+    from mlsd_jax.serving.server import build_state
+    from mlsd_jax.training.optim import OptimConfig
+    from mlsd_jax.training.trainer import Trainer, TrainerConfig
+
+    cfg, task = debug_task
+    raw = {k: np.asarray(v)[:4] for k, v in task.serving_examples["serving_default"].items()}
+    raw["zip_code"] = raw["zip_code"].astype(object).copy()
+    raw["zip_code"][1] = "Ünïcode-zip"               # the prefix counts characters, not bytes
+    strings = [k for k, v in raw.items() if v.dtype.kind in "OU"]
+    assert "zip_code" in strings and "genres" in strings
+    sig = task.signatures["serving_default"]
+    as_bytes = dict(raw, **{k: np.array([str(x).encode() for x in raw[k]], "S")
+                            for k in strings})
+    want = sig.encode_np(raw)
+    got = sig.encode_np(as_bytes)
+    for k in want:
+        np.testing.assert_array_equal(got[k], want[k], err_msg=k)
+    mesh = shd.make_mesh({"axes": ["data", "model"], "shape": [-1, 1]})
+    trainer = Trainer(task, typed(TrainerConfig, cfg.trainer), typed(OptimConfig, cfg.optim), mesh)
+    path = export_model(task, trainer.init_state(0), tmp_path / "exports", version=1,
+                        check=False, card={"data": dict(task.info)})
+    shutil.copytree(path, tmp_path / "models" / "ctr" / "1")
+    state = build_state(serve_config({
+        "models": [{"name": "ctr", "base_path": str(tmp_path / "models" / "ctr")}],
+        "rest_port": 0, "grpc_port": -1, "access_log": False, "log": {"enabled": False},
+        "compilation_cache": None,
+        "batching": {"buckets": [1, 4], "max_batch_size": 4, "dim_buckets": {}}}))
+    body = codec.tfs_request(raw, "columnar")
+    b64 = {"inputs": dict(body["inputs"], **{
+        k: [{"b64": base64.b64encode(str(x).encode()).decode()} for x in raw[k]]
+        for k in strings})}
+    try:
+        with TestClient(RestApi(state.service).app()) as client:
+            plain = client.post("/v1/models/ctr:predict", content=json.dumps(body))
+            sent = client.post("/v1/models/ctr:predict", content=json.dumps(b64))
+    finally:
+        state.close()
+    assert plain.status_code == 200 and sent.status_code == 200, sent.text
+    assert sent.json()["outputs"] == plain.json()["outputs"]
+    assert len(set(plain.json()["outputs"]["prob"])) > 1      # the rows score differently
+
+
 def test_default_run_end_to_end_on_8_devices(tmp_path):
     cfg = compose_config(["+task=ctr", "trainer.max_steps=2", "trainer.eval_every=2",
                           "trainer.eval_batch_size=4096"])
@@ -548,7 +651,8 @@ def test_cold_start_and_raw_rows_agree_through_training_bundle_and_savedmodel(tm
 # test ROC-AUC 0.6825 and LightGBM (categorical features, tuned on validation) 0.6919
 # (`python benchmarks/ctr_quality.py --seeds 0 1 2`, benchmarks/results/ctr_quality.md; an
 # outside measurement of the same protocol gave 0.698 / 0.688). The default run (Wide & Deep,
-# early-stopped on validation AUC; 0.6896-0.6931 over three seeds) must beat the linear peer.
+# early-stopped on validation AUC; 0.6888-0.6953 over three seeds, 0.6953 with the default
+# seed) must beat the linear peer.
 LOGREG_TEST_AUC = 0.6825
 
 
@@ -560,6 +664,7 @@ def test_default_ctr_run_beats_the_logistic_regression_peer(tmp_path):
     m = results["metrics"]
     assert m["test/auc"] > LOGREG_TEST_AUC, m
     # Calibration is not traded away for ranking: the peer's test log-loss is 0.638 and its
-    # decile ECE 0.036; ours, read across the later (shifted) test period, stays near them.
-    assert m["test/logloss"] < 0.65 and m["test/calibration/ece"] < 0.08, m
+    # decile ECE 0.036; ours (log-loss 0.634-0.643, ECE 0.038-0.077 over the three seeds, read
+    # across the later, shifted test period) stays near them.
+    assert m["test/logloss"] < 0.65 and m["test/calibration/ece"] < 0.09, m
     assert results["data"]["test_rows"] == 19_997

@@ -107,6 +107,28 @@ def test_sparse_rows_match_the_dense_optimizer(mesh_shape, clip, name):
     assert set(np.flatnonzero(moved)) == set(seen.tolist())
 
 
+@pytest.mark.parametrize("sparse", [False, True])
+def test_a_non_finite_step_leaves_params_and_optimizer_state_exactly_as_they_were(sparse):
+    trainer = _trainer(100, sparse, [2, 4])
+    state, _ = _train(trainer, steps=2)  # non-zero moments: a zero-gradient update would move
+    before = jax.device_get((state.params, state.opt_state, state.model_state))
+    bad = dict(next(_batches(100, seed=7)))
+    bad["label"] = np.full_like(bad["label"], np.nan)
+    state, metrics = trainer.train_step(state, trainer.put_batch(bad), jax.random.key(0))
+    assert not bool(metrics["train/finite"]) and np.isnan(float(metrics["train/loss"]))
+    assert int(state.step) == 3
+    after = jax.device_get((state.params, state.opt_state, state.model_state))
+    assert jax.tree.structure(after) == jax.tree.structure(before)
+    for a, b in zip(jax.tree.leaves(before), jax.tree.leaves(after)):
+        np.testing.assert_array_equal(a, b)  # bit for bit
+    # The next finite step trains on from there.
+    state, metrics = trainer.train_step(state, trainer.put_batch(next(_batches(100, seed=8))),
+                                        jax.random.key(0))
+    assert bool(metrics["train/finite"])
+    assert any(not np.array_equal(a, b) for a, b in zip(
+        jax.tree.leaves(before[0]), jax.tree.leaves(jax.device_get(state.params))))
+
+
 def test_no_dense_table_gradient_in_the_compiled_step():
     rows = 1 << 20  # a 32 MiB table (dim 8)
     table_bytes = (rows + 8) * 8 * 4

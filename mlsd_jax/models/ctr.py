@@ -1,7 +1,7 @@
 """CTR models over one shared field-embedding front-end: LR, FM, DeepFM, Wide & Deep, DCN-v2.
 
 Inputs are the dict a fitted :class:`~mlsd_jax.features.FeatureSpec` produces (after
-``apply``): integer arrays named in ``cardinalities`` are id fields (one table each; a
+``apply``): integer arrays named in ``cardinalities`` are id fields (a
 ``<field>/mask`` beside ``[batch, L]`` ids marks a multi-valued field, mean-pooled over its
 valid items), floating arrays are numeric fields (a standardised number, a missing indicator, a
 piecewise-linear encoding...). :class:`FieldEmbedding` turns them into
@@ -13,8 +13,12 @@ piecewise-linear encoding...). :class:`FieldEmbedding` turns them into
 * ``l2 [batch]``: the squared norm of the id embeddings each row read, for an L2 penalty on
   the embedding rows a batch uses (``task.embedding_l2``; DeepCTR's ``l2_reg_embedding``).
 
-Every id table is an :class:`~mlsd_jax.models.embedding.MultiEmbedding` (row-sharded over the
-``model`` mesh axis, OOV row for unseen ids, row-wise Adagrad when configured); MLPs come from
+The id fields' embeddings live in one :class:`~mlsd_jax.models.embedding.StackedEmbedding`
+table (``features/embed/embedding``; the 1-wide first-order weights in another,
+``features/linear/embedding``): each field has its own rows and OOV row for unseen ids at a row
+offset, the fields are read with one gather (one more per length of multi-valued field), the
+table is row-sharded over the ``model`` mesh axis and gets row-wise Adagrad or sparse row
+updates when configured. MLPs come from
 :mod:`mlsd_jax.models.layers`. Each model returns a logit ``[batch]`` (and, asked with
 ``with_l2=True``, the ``l2`` term beside it).
 """
@@ -26,7 +30,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from mlsd_jax.models.embedding import MultiEmbedding
+from mlsd_jax.models.embedding import StackedEmbedding
 from mlsd_jax.models.layers import MLP, Dense, dense
 
 __all__ = ["Fields", "FieldEmbedding", "fm_interaction", "CrossNetwork", "LogisticRegression",
@@ -115,8 +119,8 @@ class FieldEmbedding(nn.Module):
                                                                    (None,)), (1,))
             linear = linear + self.linear_scale * bias
             if ids:
-                wide = MultiEmbedding(dict(self.cardinalities), 1, name="linear",
-                                      embedding_init=nn.initializers.zeros)(ids, masks)
+                wide = StackedEmbedding(dict(self.cardinalities), 1, name="linear",
+                                        embedding_init=nn.initializers.zeros)(ids, masks)
                 wide = {k: self.linear_scale * v[..., 0] for k, v in wide.items()}
                 linear = linear + sum(wide[k] for k in self.cardinalities)
                 l2 = l2 + sum(jnp.square(wide[k]) for k in self.cardinalities)
@@ -130,7 +134,8 @@ class FieldEmbedding(nn.Module):
             return Fields(None, linear, l2)
         fields = []
         if ids:
-            emb = MultiEmbedding(dict(self.cardinalities), self.embed_dim, name="embed")(ids, masks)
+            emb = StackedEmbedding(dict(self.cardinalities), self.embed_dim,
+                                   name="embed")(ids, masks)
             fields += [emb[k] for k in self.cardinalities]
             l2 = l2 + sum(jnp.sum(jnp.square(emb[k]), axis=-1) for k in self.cardinalities)
         for k in sorted(nums):

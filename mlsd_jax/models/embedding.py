@@ -17,6 +17,12 @@ collection mutable; each lookup then records its (OOV-mapped) ids there and read
 through a zero perturbation in :data:`ROWS`, so the gradient comes back as one ``[ids, features]``
 block per lookup instead of a dense ``[rows, features]`` table (see
 :mod:`mlsd_jax.training.sparse`). Tables must then be read only through ``__call__``.
+
+Many fields, one table: :class:`StackedEmbedding` keeps every field's rows (each with its own
+OOV row and rounding) in one ``embedding`` parameter at per-field row offsets, as TorchRec's
+``EmbeddingBagCollection`` and DLRM do, so fields with ids of one shape are read with one gather
+and their gradient is one scatter instead of one per field. It gives the same vectors as :class:`MultiEmbedding`
+with the same rows.
 """
 from __future__ import annotations
 
@@ -56,6 +62,18 @@ def masked_pool(x: jax.Array, mask: jax.Array, combiner: str = "mean") -> jax.Ar
     return total / (count if combiner == "mean" else jnp.sqrt(count))
 
 
+def read_rows(module: nn.Module, table: jax.Array, ids: jax.Array) -> jax.Array:
+    """``table[ids]`` for ids already in ``[0, rows)``, read by ``module`` (the owner of the
+    ``embedding`` parameter): in sparse training (``LOOKUPS`` mutable) the ids are recorded and
+    the rows read through a zero perturbation in ``ROWS``, so their gradient comes back per id."""
+    if module.is_mutable_collection(LOOKUPS) and not module.is_initializing():
+        module.sow(LOOKUPS, "ids", ids)
+        k = len(module.get_variable(LOOKUPS, "ids")) - 1
+        out = jax.lax.stop_gradient(table).at[ids].get(mode="promise_in_bounds")
+        return module.perturb(f"rows{k}", out, collection=ROWS)
+    return jnp.asarray(table).at[ids].get(mode="promise_in_bounds")  # ids are in range: no mask
+
+
 class Embedding(nn.Module):
     """Lookup table for ids in ``[0, num_embeddings)``; other ids read the OOV row.
 
@@ -85,13 +103,7 @@ class Embedding(nn.Module):
         table = self.param("embedding", init, (rows, self.features), self.param_dtype)
         valid = (ids >= 0) & (ids < self.num_embeddings)
         ids = jnp.where(valid, ids, self.num_embeddings)  # the OOV row
-        if self.is_mutable_collection(LOOKUPS) and not self.is_initializing():
-            self.sow(LOOKUPS, "ids", ids)
-            k = len(self.get_variable(LOOKUPS, "ids")) - 1
-            out = jnp.take(jax.lax.stop_gradient(table), ids, axis=0)
-            out = self.perturb(f"rows{k}", out, collection=ROWS)
-        else:
-            out = jnp.take(table, ids, axis=0)
+        out = read_rows(self, table, ids)
         if self.dtype is not None:
             out = out.astype(self.dtype)
         return out if mask is None else masked_pool(out, jnp.asarray(mask), combiner)
@@ -144,5 +156,85 @@ class MultiEmbedding(nn.Module):
             return out
         if len({v.shape for v in out.values()}) != 1:
             raise ValueError("stack=True needs one shared dimension and equal output shapes; got "
+                             f"{ {f: v.shape for f, v in out.items()} }")
+        return jnp.stack([out[f] for f in expected], axis=-2)
+
+
+def field_offsets(cardinalities: Mapping[str, int], row_multiple: int = 8
+                  ) -> tuple[dict[str, int], int]:
+    """``({field: first row}, total rows)`` of a :class:`StackedEmbedding`: fields in order, each
+    taking :func:`table_rows` rows (its ids, its OOV row, rounding to ``row_multiple``)."""
+    offsets, total = {}, 0
+    for f, card in cardinalities.items():
+        offsets[f] = total
+        total += table_rows(int(card), row_multiple)
+    return offsets, total
+
+
+class StackedEmbedding(nn.Module):
+    """:class:`MultiEmbedding` with all fields' rows in one table (one shared ``features``).
+
+    Field ``f``'s rows are ``[offset_f, offset_f + table_rows(card_f))`` of one ``embedding``
+    parameter (offsets from :func:`field_offsets`): its ids ``[0, card_f)`` first, then its OOV
+    row (every other id of ``f``), then its padding rows. The table has the rows of the separate
+    tables (same parameter count, row-sharded the same way: ``TABLE_AXES``), and the outputs
+    equal :class:`MultiEmbedding`'s with those rows, but the fields whose ids have one shape are
+    read with one gather (one scatter-add in the backward pass, one block of rows in sparse
+    training) instead of one per field; a multi-valued field of another length adds one read
+    per length. Call and outputs as :class:`MultiEmbedding`; parameter path ``embedding``.
+    """
+
+    cardinalities: Mapping[str, int]
+    features: int
+    row_multiple: int = 8
+    dtype: jnp.dtype | None = None
+    param_dtype: jnp.dtype = jnp.float32
+    embedding_init: nn.initializers.Initializer = nn.initializers.normal(stddev=0.05)
+
+    @nn.compact
+    def __call__(self, ids: Mapping[str, jax.Array], masks: Mapping[str, jax.Array] | None = None,
+                 *, combiner: str = "mean", stack: bool = False):
+        if not self.cardinalities:
+            raise ValueError("StackedEmbedding.cardinalities is empty; expected "
+                             "{field: cardinality}")
+        bad = {f: c for f, c in self.cardinalities.items() if int(c) < 1}
+        if bad or self.features < 1 or self.row_multiple < 1:
+            raise ValueError(f"StackedEmbedding needs cardinalities >= 1, features >= 1 and "
+                             f"row_multiple >= 1; got cardinalities {bad or 'ok'}, features "
+                             f"{self.features}, row_multiple {self.row_multiple}")
+        expected, given = list(self.cardinalities), set(ids)
+        if given != set(expected):
+            raise KeyError(f"StackedEmbedding got fields {sorted(given)}; expected {expected}")
+        masks = dict(masks or {})
+        unknown = set(masks) - given
+        if unknown:
+            raise KeyError(f"masks for unknown fields {sorted(unknown)}; fields: {expected}")
+        offsets, rows = field_offsets(self.cardinalities, self.row_multiple)
+        init = nn.with_logical_partitioning(self.embedding_init, TABLE_AXES)
+        table = self.param("embedding", init, (rows, self.features), self.param_dtype)
+        shifted = {}
+        for f in expected:
+            x = jnp.asarray(ids[f])
+            if not jnp.issubdtype(x.dtype, jnp.integer):
+                raise TypeError(f"StackedEmbedding ids of field {f!r} must be integers, got "
+                                f"dtype {x.dtype}")
+            card = int(self.cardinalities[f])
+            x = x.astype(jnp.int32)
+            shifted[f] = jnp.where((x >= 0) & (x < card), x, card) + offsets[f]  # OOV row of f
+        groups: dict[tuple, list[str]] = {}  # fields by id shape (symbolic batch sizes too)
+        for f in expected:
+            groups.setdefault(tuple(shifted[f].shape), []).append(f)
+        out = {}
+        for fields in groups.values():  # one read per shape: [..., G] ids -> [..., G, D]
+            read = read_rows(self, table, jnp.stack([shifted[f] for f in fields], axis=-1))
+            out.update({f: read[..., i, :] for i, f in enumerate(fields)})
+        if self.dtype is not None:
+            out = {f: v.astype(self.dtype) for f, v in out.items()}
+        out = {f: masked_pool(v, jnp.asarray(masks[f]), combiner) if f in masks else v
+               for f, v in out.items()}
+        if not stack:
+            return out
+        if len({v.shape for v in out.values()}) != 1:
+            raise ValueError("stack=True needs equal output shapes; got "
                              f"{ {f: v.shape for f, v in out.items()} }")
         return jnp.stack([out[f] for f in expected], axis=-2)

@@ -92,10 +92,21 @@ def _prefixes(data_cfg: Mapping[str, Any]) -> dict[str, int]:
 
 
 def _derive_np(raw: Mapping[str, Any], prefixes: Mapping[str, int]) -> dict:
+    """The numpy twin of :func:`_derive_tf`: prefixed fields cut to their first characters.
+
+    A field may come as ``str``, UTF-8 ``bytes`` (a REST ``{"b64": ...}`` value, a gRPC
+    ``DT_STRING`` tensor, a fixed-width ``S`` array) or a mix: bytes are decoded before the
+    cut, so the prefix counts characters as ``tf.strings.substr(unit="UTF8_CHAR")`` does and
+    bytes and str give the same codes. The field's shape is kept."""
     out = dict(raw)
     for name, length in prefixes.items():
         if name in out:
-            out[name] = ctr_data.zip_prefix_np(np.asarray(out[name], object), length)
+            column = np.asarray(out[name])
+            if column.dtype.kind not in "OSU":
+                raise TypeError(f"input {name!r}: expected strings (str or UTF-8 bytes), got "
+                                f"dtype {column.dtype}")
+            cut = ctr_data.zip_prefix_np(column.astype(object), length)
+            out[name] = cut.reshape(column.shape)
     return out
 
 

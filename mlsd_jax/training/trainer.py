@@ -160,17 +160,24 @@ class Trainer:
 
         (loss, (aux, model_state)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
         grad_norm = optax.global_norm(grads)
-        updates, opt_state = self.tx.update(grads, state.opt_state, state.params)
-        params = optax.apply_updates(state.params, updates)
         # A non-finite loss or gradient leaves the state as it was (the host loop then stops).
+        # The update runs inside a conditional, so the finite path writes params and moments in
+        # place once (no select of new against old over the whole state, which read all of it
+        # twice per step) and the other path leaves them untouched, bit for bit.
         finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
-        keep = lambda new, old: jax.tree.map(lambda a, b: jnp.where(finite, a, b), new, old)  # noqa: E731
+
+        def update():  # the clipping reuses grad_norm (optim.clip_by_global_norm)
+            updates, opt_state = self.tx.update(grads, state.opt_state, state.params,
+                                                global_norm=grad_norm)
+            return optax.apply_updates(state.params, updates), opt_state, model_state
+
+        params, opt_state, model_state = jax.lax.cond(
+            finite, update, lambda: (state.params, state.opt_state, state.model_state))
         metrics = {"train/loss": loss, "train/grad_norm": grad_norm,
                    "train/lr": self.schedule(state.step), "train/finite": finite,
                    **{f"train/{k}": v for k, v in aux.items()}}
-        new_state = state.replace(step=state.step + 1, params=keep(params, state.params),
-                                  model_state=keep(model_state, state.model_state),
-                                  opt_state=keep(opt_state, state.opt_state))
+        new_state = state.replace(step=state.step + 1, params=params, model_state=model_state,
+                                  opt_state=opt_state)
         return new_state, metrics
 
     def _sparse_train_step(self, state: TrainState, batch, rng):
@@ -205,23 +212,24 @@ class Trainer:
         if self.optim.clip_norm:  # optax.clip_by_global_norm over dense and row grads together
             scale = jnp.where(grad_norm < self.optim.clip_norm, 1.0,
                               self.optim.clip_norm / grad_norm)
-        g_rest = jax.tree.map(lambda g: jnp.where(finite, g * scale.astype(g.dtype), 0), g_rest)
-        row_grads = {p: (u, jnp.where(finite, g * scale.astype(g.dtype), 0))
-                     for p, (u, g) in row_grads.items()}
-        updates, dense_state = self.tx.update(g_rest, state.opt_state["dense"], rest)
-        new_rest = optax.apply_updates(rest, updates)
-        new_tables, rows_state = sparse.apply_rows(
-            tables, state.opt_state["rows"], row_grads, self.row_schedule(state.step),
-            name=emb.name, eps=emb.eps)
-        keep = lambda new, old: jax.tree.map(lambda a, b: jnp.where(finite, a, b), new, old)  # noqa: E731
+
+        def update():  # the finite path (see _train_step): dense params and table rows
+            g_dense = jax.tree.map(lambda g: g * scale.astype(g.dtype), g_rest)
+            g_rows = {p: (u, g * scale.astype(g.dtype)) for p, (u, g) in row_grads.items()}
+            updates, dense_state = self.tx.update(g_dense, state.opt_state["dense"], rest)
+            new_tables, rows_state = sparse.apply_rows(
+                tables, state.opt_state["rows"], g_rows, self.row_schedule(state.step),
+                name=emb.name, eps=emb.eps)
+            return (sparse.merge_params(optax.apply_updates(rest, updates), new_tables),
+                    {"dense": dense_state, "rows": rows_state}, model_state)
+
+        params, opt_state, model_state = jax.lax.cond(
+            finite, update, lambda: (state.params, state.opt_state, state.model_state))
         metrics = {"train/loss": loss, "train/grad_norm": grad_norm,
                    "train/lr": self.schedule(state.step), "train/finite": finite,
                    **{f"train/{k}": v for k, v in aux.items()}}
-        new_state = state.replace(
-            step=state.step + 1,
-            params=sparse.merge_params(keep(new_rest, rest), new_tables),
-            model_state=keep(model_state, state.model_state),
-            opt_state={"dense": keep(dense_state, state.opt_state["dense"]), "rows": rows_state})
+        new_state = state.replace(step=state.step + 1, params=params, model_state=model_state,
+                                  opt_state=opt_state)
         return new_state, metrics
 
     def _eval_step(self, variables, consts, batch):
