@@ -651,7 +651,7 @@ def test_cold_start_and_raw_rows_agree_through_training_bundle_and_savedmodel(tm
 # test ROC-AUC 0.6825 and LightGBM (categorical features, tuned on validation) 0.6919
 # (`python benchmarks/ctr_quality.py --seeds 0 1 2`, benchmarks/results/ctr_quality.md; an
 # outside measurement of the same protocol gave 0.698 / 0.688). The default run (Wide & Deep,
-# early-stopped on validation AUC; 0.6888-0.6953 over three seeds, 0.6953 with the default
+# early-stopped on validation AUC; 0.6917-0.6941 over three seeds, 0.6941 with the default
 # seed) must beat the linear peer.
 LOGREG_TEST_AUC = 0.6825
 
@@ -663,8 +663,8 @@ def test_default_ctr_run_beats_the_logistic_regression_peer(tmp_path):
     results = run(cfg, workdir=tmp_path)
     m = results["metrics"]
     assert m["test/auc"] > LOGREG_TEST_AUC, m
-    # Calibration is not traded away for ranking: the peer's test log-loss is 0.638 and its
-    # decile ECE 0.036; ours (log-loss 0.634-0.643, ECE 0.038-0.077 over the three seeds, read
-    # across the later, shifted test period) stays near them.
-    assert m["test/logloss"] < 0.65 and m["test/calibration/ece"] < 0.09, m
+    # Calibration is not given away for ranking: the peer's test log-loss is 0.638 and its
+    # decile ECE 0.036; ours reads 0.640-0.648 and 0.055-0.084 over the three seeds across the
+    # later, shifted test period (a model that ignored calibration scores ECE > 0.15 here).
+    assert m["test/logloss"] < 0.66 and m["test/calibration/ece"] < 0.10, m
     assert results["data"]["test_rows"] == 19_997
