@@ -32,6 +32,8 @@ QUICK = {
                          ["criteo_reader_quick.json", "criteo_reader_quick.md"]),
     "news_feed_quality.py": (["--quick", "--out", "{out}"],
                              ["news_feed_quality_quick.json", "news_feed_quality_quick.md"]),
+    "spam_quality.py": (["--quick", "--out", "{out}"],
+                        ["spam_quality_quick.json", "spam_quality_quick.md"]),
     "recsys_throughput.py": (["--quick", "--out-dir", "{out}"],
                              ["recsys_throughput_cpu.json", "recsys_throughput_cpu.md"]),
     "serving.py": (["--quick", "--out-dir", "{out}"], ["serving_cpu_quick.json", "serving_cpu_quick.md"]),

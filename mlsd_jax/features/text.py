@@ -27,8 +27,9 @@ from typing import Sequence
 
 import numpy as np
 
-__all__ = ["UNICODE_VERSION", "lowercase_table", "ngrams_np", "normalize_np", "normalize_tf",
-           "num_ngrams", "tokenize_np", "tokenize_tf"]
+__all__ = ["UNICODE_VERSION", "char_ngrams_np", "char_ngrams_tf", "lowercase_table", "ngrams_np",
+           "normalize_np", "normalize_tf", "num_char_ngrams", "num_ngrams", "tokenize_np",
+           "tokenize_tf"]
 
 UNICODE_VERSION = unicodedata.unidata_version
 
@@ -196,3 +197,35 @@ def tokenize_tf(strings, lowercase: bool, max_tokens: int | None = None):
     tokens = tf.strings.split(normalize_tf(strings, lowercase), sep=" ")
     tokens = tf.ragged.boolean_mask(tokens, tf.strings.length(tokens) > 0)
     return tokens[:, :max_tokens] if max_tokens is not None else tokens
+
+
+def char_ngrams_np(tokens: Sequence[str], widths: Sequence[int], max_chars: int) -> list[str]:
+    """Character n-grams inside word boundaries (as scikit-learn's ``char_wb``, without its
+    special case for short words): each token is cut to its first ``max_chars`` code points and
+    padded with one space on each side; per token, all n-grams of the first width, then the
+    next. A padded token shorter than a width gives no n-gram of that width."""
+    out: list[str] = []
+    for t in tokens:
+        p = " " + t[:max_chars] + " "
+        for n in widths:
+            out.extend(p[i:i + n] for i in range(len(p) - n + 1))
+    return out
+
+
+def num_char_ngrams(max_tokens: int, widths: Sequence[int], max_chars: int) -> int:
+    """The most character n-grams :func:`char_ngrams_np` gives for ``max_tokens`` tokens."""
+    return max_tokens * sum(max(0, max_chars + 2 - n + 1) for n in widths)
+
+
+def char_ngrams_tf(tokens, widths: Sequence[int], max_chars: int):
+    """TensorFlow twin of :func:`char_ngrams_np`: ragged tokens ``[batch, (tokens)]`` -> ragged
+    character n-grams ``[batch, (ngrams)]`` in the same order."""
+    import tensorflow as tf
+
+    def pad(flat):
+        cut = tf.strings.substr(flat, 0, max_chars, unit="UTF8_CHAR")
+        return tf.strings.join([" ", cut, " "])
+
+    chars = tf.strings.unicode_split(tf.ragged.map_flat_values(pad, tokens), "UTF-8")
+    grams = tf.strings.ngrams(chars, ngram_width=tuple(widths), separator="")
+    return grams.merge_dims(1, 2)

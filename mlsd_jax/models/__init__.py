@@ -7,9 +7,11 @@ __all__ = ["MLP", "dense", "layer_norm", "ListwiseAttentionRanker", "MLPRanker",
            "MultiHeadSelfAttention", "TransformerBlock", "TransformerEncoder"]
 
 from mlsd_jax.models.conv import ConvBNAct, batch_norm, conv  # noqa: E402
-from mlsd_jax.models.embedding import Embedding, MultiEmbedding, masked_pool  # noqa: E402
+from mlsd_jax.models.embedding import (Embedding, MultiEmbedding, StackedEmbedding,  # noqa: E402
+                                       masked_pool)
 
-__all__ += ["ConvBNAct", "batch_norm", "conv", "Embedding", "MultiEmbedding", "masked_pool"]
+__all__ += ["ConvBNAct", "batch_norm", "conv", "Embedding", "MultiEmbedding", "StackedEmbedding",
+            "masked_pool"]
 from mlsd_jax.models.tabular import TabularNet  # noqa: E402
 
 __all__ += ["TabularNet"]
@@ -20,3 +22,6 @@ from mlsd_jax.models.recsys import GMF, MF, NCFMLP, NeuMF, SASRec, TwoTower  # n
 
 __all__ += ["DCNv2", "DeepFM", "FactorizationMachine", "LogisticRegression", "WideDeep", "NRMS",
             "GMF", "MF", "NCFMLP", "NeuMF", "SASRec", "TwoTower"]
+from mlsd_jax.models.text import TfidfLinear  # noqa: E402
+
+__all__ += ["TfidfLinear"]

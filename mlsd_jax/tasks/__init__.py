@@ -11,6 +11,7 @@ BUILDERS = {
     "recommendation": "mlsd_jax.tasks.recommendation:build_recommendation_task",
     "ctr": "mlsd_jax.tasks.ctr:build_ctr_task",
     "news_feed": "mlsd_jax.tasks.news_feed:build_news_feed_task",
+    "spam": "mlsd_jax.tasks.spam:build_spam_task",
 }
 
 
