@@ -558,10 +558,13 @@ def main(argv=None) -> None:
             results["models"][name]["floor"] = floor(exported[name], inputs[name], s["floor_s"])
         bodies = {n: [body(x) for x in inputs[n]] for n in names}
         bases = {n: exported[n].parent for n in names}
+        # Each model in a server of its own, so a model's figures never carry the previous
+        # model's load (its prediction log still being written, its queues draining).
         for mode, extra in (("batching", []), ("no_batching", ["batching.enabled=false"])):
-            server = Server(bases, work, s["serve"] + extra, mode).wait()
-            try:
-                for name in names:
+            for name in names:
+                server = Server({name: bases[name]}, work, s["serve"] + extra,
+                                f"{mode}-{name}").wait()
+                try:
                     check_predict(server.port, name, bodies[name][0])
                     job = {"port": server.port, "path": f"/v1/models/{name}:predict",
                            "bodies": bodies[name], "concurrency": s["concurrency"],
@@ -575,8 +578,8 @@ def main(argv=None) -> None:
                     results["models"][name][mode] = res
                     best = max(r["rps"] for r in res["closed"])
                     print(f"[serving] {name} {mode}: best {best:.0f} req/s", flush=True)
-            finally:
-                server.stop()
+                finally:
+                    server.stop()
         if not args.quick and not args.no_spark:
             results["batch_scoring"] = batch_scoring(exported, work)
         else:
@@ -618,8 +621,8 @@ def markdown(r: dict) -> str:
         f"show); "
         + ", ".join(f"{k} {v}" for k, v in h["versions"].items()) + ".",
         "",
-        "Server: `python -m experiments.serve` in its own process (REST, access log off, "
-        "prediction log on); load generator: a separate process, asyncio over keep-alive HTTP/1.1 "
+        "Server: `python -m experiments.serve` in its own process, one per model and mode "
+        "(REST, access log off, prediction log on); load generator: a separate process, asyncio over keep-alive HTTP/1.1 "
         "sockets, one real example per TF Serving `:predict` request (ranking: one whole MSLR "
         "query). Latency is measured by the client (send to last byte); closed loop = each "
         "connection sends its next request when the answer arrives.",
