@@ -109,6 +109,30 @@ class Embedding(nn.Module):
         return out if mask is None else masked_pool(out, jnp.asarray(mask), combiner)
 
 
+def _check_fields(owner: str, cardinalities: Mapping[str, int], ids: Mapping,
+                  masks: Mapping | None) -> tuple[list[str], dict]:
+    """``(fields in order, masks)`` after checking that ``ids`` names exactly the fields of
+    ``cardinalities`` and ``masks`` no other field."""
+    if not cardinalities:
+        raise ValueError(f"{owner}.cardinalities is empty; expected {{field: cardinality}}")
+    expected, given = list(cardinalities), set(ids)
+    if given != set(expected):
+        raise KeyError(f"{owner} got fields {sorted(given)}; expected {expected}")
+    masks = dict(masks or {})
+    unknown = set(masks) - given
+    if unknown:
+        raise KeyError(f"masks for unknown fields {sorted(unknown)}; fields: {expected}")
+    return expected, masks
+
+
+def _stacked(out: Mapping[str, jax.Array], fields: list[str]) -> jax.Array:
+    """``{field: [..., D]}`` -> ``[..., num_fields, D]`` in field order (``stack=True``)."""
+    if len({v.shape for v in out.values()}) != 1:
+        raise ValueError("stack=True needs one shared dimension and equal output shapes; got "
+                         f"{ {f: v.shape for f, v in out.items()} }")
+    return jnp.stack([out[f] for f in fields], axis=-2)
+
+
 class MultiEmbedding(nn.Module):
     """One :class:`Embedding` per categorical field, built from ``{field: cardinality}``.
 
@@ -138,26 +162,13 @@ class MultiEmbedding(nn.Module):
     @nn.compact
     def __call__(self, ids: Mapping[str, jax.Array], masks: Mapping[str, jax.Array] | None = None,
                  *, combiner: str = "mean", stack: bool = False):
-        if not self.cardinalities:
-            raise ValueError("MultiEmbedding.cardinalities is empty; expected {field: cardinality}")
-        expected, given = list(self.cardinalities), set(ids)
-        if given != set(expected):
-            raise KeyError(f"MultiEmbedding got fields {sorted(given)}; expected {expected}")
-        masks = dict(masks or {})
-        unknown = set(masks) - given
-        if unknown:
-            raise KeyError(f"masks for unknown fields {sorted(unknown)}; fields: {expected}")
+        expected, masks = _check_fields("MultiEmbedding", self.cardinalities, ids, masks)
         dims = self._dims()
         out = {f: Embedding(int(self.cardinalities[f]), dims[f], self.row_multiple, self.dtype,
                             self.param_dtype, self.embedding_init, name=str(f))(
                                 ids[f], masks.get(f), combiner=combiner)
                for f in expected}
-        if not stack:
-            return out
-        if len({v.shape for v in out.values()}) != 1:
-            raise ValueError("stack=True needs one shared dimension and equal output shapes; got "
-                             f"{ {f: v.shape for f, v in out.items()} }")
-        return jnp.stack([out[f] for f in expected], axis=-2)
+        return _stacked(out, expected) if stack else out
 
 
 def field_offsets(cardinalities: Mapping[str, int], row_multiple: int = 8
@@ -194,21 +205,12 @@ class StackedEmbedding(nn.Module):
     @nn.compact
     def __call__(self, ids: Mapping[str, jax.Array], masks: Mapping[str, jax.Array] | None = None,
                  *, combiner: str = "mean", stack: bool = False):
-        if not self.cardinalities:
-            raise ValueError("StackedEmbedding.cardinalities is empty; expected "
-                             "{field: cardinality}")
+        expected, masks = _check_fields("StackedEmbedding", self.cardinalities, ids, masks)
         bad = {f: c for f, c in self.cardinalities.items() if int(c) < 1}
         if bad or self.features < 1 or self.row_multiple < 1:
             raise ValueError(f"StackedEmbedding needs cardinalities >= 1, features >= 1 and "
                              f"row_multiple >= 1; got cardinalities {bad or 'ok'}, features "
                              f"{self.features}, row_multiple {self.row_multiple}")
-        expected, given = list(self.cardinalities), set(ids)
-        if given != set(expected):
-            raise KeyError(f"StackedEmbedding got fields {sorted(given)}; expected {expected}")
-        masks = dict(masks or {})
-        unknown = set(masks) - given
-        if unknown:
-            raise KeyError(f"masks for unknown fields {sorted(unknown)}; fields: {expected}")
         offsets, rows = field_offsets(self.cardinalities, self.row_multiple)
         init = nn.with_logical_partitioning(self.embedding_init, TABLE_AXES)
         table = self.param("embedding", init, (rows, self.features), self.param_dtype)
@@ -232,9 +234,4 @@ class StackedEmbedding(nn.Module):
             out = {f: v.astype(self.dtype) for f, v in out.items()}
         out = {f: masked_pool(v, jnp.asarray(masks[f]), combiner) if f in masks else v
                for f, v in out.items()}
-        if not stack:
-            return out
-        if len({v.shape for v in out.values()}) != 1:
-            raise ValueError("stack=True needs equal output shapes; got "
-                             f"{ {f: v.shape for f, v in out.items()} }")
-        return jnp.stack([out[f] for f in expected], axis=-2)
+        return _stacked(out, expected) if stack else out
