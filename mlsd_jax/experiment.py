@@ -144,6 +144,11 @@ def run(cfg: DictConfig, workdir: str | Path | None = None) -> dict[str, Any]:
         fit = trainer.fit(workdir, logger)
     finally:
         logger.close()
+    post_fit = {}
+    if task.post_fit is not None:  # e.g. decision thresholds from validation into the consts
+        state, post_fit = task.post_fit(trainer, fit.state)
+        check_same_structure(fit.state.consts, state.consts)
+        fit = dataclasses.replace(fit, state=state)
 
     export_path, export_s = None, 0.0
     if export_cfg.enabled and jax.process_index() == 0:
@@ -153,6 +158,7 @@ def run(cfg: DictConfig, workdir: str | Path | None = None) -> dict[str, Any]:
         export_path = export_model(
             task, fit.state, workdir / export_cfg.dir, check=export_cfg.check, config=config,
             card={"metrics": fit.metrics, "best_step": fit.best_step, "data": dict(task.info),
+                  "post_fit": post_fit,
                   "target_metric": f"{trainer_cfg.eval_split}/{task.target_metric}"})
         export_s = time.perf_counter() - t
 
@@ -164,6 +170,7 @@ def run(cfg: DictConfig, workdir: str | Path | None = None) -> dict[str, Any]:
                       "mode": task.target_mode, "value": fit.best_metric},
         "steps_run": fit.steps_run,
         "stopped_early": fit.stopped_early,
+        "post_fit": post_fit,
         "timings": {"data_s": data_s, **fit.timings, "export_s": export_s,
                     "total_s": time.perf_counter() - t_start},
         "paths": {"workdir": str(workdir), "checkpoints": fit.checkpoint_dir,
@@ -181,6 +188,18 @@ def run(cfg: DictConfig, workdir: str | Path | None = None) -> dict[str, Any]:
         (workdir / "results.json").write_text(json.dumps(results, indent=2, default=str))
         print_results(results)
     return results
+
+
+def check_same_structure(before, after) -> None:
+    """A task's ``post_fit`` may change const values, not their structure, shapes or dtypes
+    (the jitted functions and checkpoints are built for the first)."""
+    def sig(tree):
+        leaves, treedef = jax.tree.flatten(tree)
+        return treedef, [(tuple(x.shape), str(x.dtype)) for x in leaves]
+
+    if sig(before) != sig(after):
+        raise ValueError("task.post_fit changed the structure, shapes or dtypes of the consts; "
+                         "it may only change their values")
 
 
 def print_results(results: dict[str, Any]) -> None:

@@ -44,6 +44,8 @@ def training_outputs(cfg, workdir):
     ckpt.close()
     assert restored is not None, "training wrote no best checkpoint"
     state = restored[0]
+    if task.post_fit is not None:  # as experiments.run does before export
+        state, _ = task.post_fit(trainer, state)
     variables, consts = jax.device_get(state.variables), jax.device_get(state.consts)
     out = {}
     for name, raw in task.serving_examples.items():

@@ -114,6 +114,10 @@ class Task:
       target_metric / target_mode: the validation metric for early stopping and best checkpoint.
       evaluator: optional ``fn(trainer, state, split) -> {name: float}`` replacing the default
         metric loop (e.g. retrieval that encodes a catalogue once per evaluation).
+      post_fit: optional ``fn(trainer, state) -> (state, info)`` run once on the best state
+        after training and before export: it reads the *validation* split only and may return
+        the state with new ``consts`` values (same structure; e.g. decision thresholds, which
+        the export then carries); ``info`` goes into results.json and the model card.
       config: the composed config as plain data (set by :func:`mlsd_jax.tasks.build`); the
         bundle stores it so ``serving`` can rebuild the model.
       info: dataset sizes, credits, split rule and other facts for results.json.
@@ -137,6 +141,7 @@ class Task:
     features: Any = None
     serving_examples: Mapping[str, Mapping[str, np.ndarray]] = dataclasses.field(default_factory=dict)
     evaluator: Callable[..., Mapping[str, float]] | None = None
+    post_fit: Callable[..., tuple[Any, Mapping[str, Any]]] | None = None
     config: Mapping[str, Any] = dataclasses.field(default_factory=dict)
     info: Mapping[str, Any] = dataclasses.field(default_factory=dict)
 
