@@ -119,7 +119,11 @@ class ServeConfig:
     requests up in the event loop ahead of the batch queue. ``None``: ``batching.max_queued +
     batching.max_batch_size`` (a full queue plus the batch running). Health, status, metadata and
     ``/metrics`` are never refused. A request's deadline counts from its arrival: one that waited
-    past it before its model ran is not run (504, or the flagged fallback where one is set)."""
+    past it before its model ran is not run (504, or the flagged fallback where one is set).
+
+    ``review_queue``: a SQLite file (:class:`mlsd_jax.serving.review.ReviewQueue`); rows whose
+    model outputs ``decision`` = 1 (review, as the moderation task exports) are added to it with
+    their raw inputs, score, model, version and request id before the response is sent."""
 
     model_name: Optional[str] = None
     model_base_path: Optional[str] = None
@@ -140,6 +144,7 @@ class ServeConfig:
     batching: BatchingConfig = dataclasses.field(default_factory=BatchingConfig)
     cache: CacheConfig = dataclasses.field(default_factory=CacheConfig)
     log: LogConfig = dataclasses.field(default_factory=LogConfig)
+    review_queue: Optional[str] = None
 
     def model_list(self) -> list[ModelConfig]:
         """``models`` plus the ``model_name``/``model_base_path`` model, validated."""

@@ -51,6 +51,8 @@ class Metrics:
         self.compiles = Counter("mlsd_serving_compiles",
                                 "XLA compilations, at load (warmup) or on a request",
                                 ["model", "phase"])
+        self.review_enqueued = Counter("mlsd_serving_review_enqueued",
+                                       "Rows sent to the human-review queue", ["model"])
         self.log_records = Counter("mlsd_serving_predlog_records",
                                    "Prediction log records, by outcome", ["outcome"])
 

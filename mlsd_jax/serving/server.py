@@ -112,7 +112,12 @@ def build_state(cfg: ServeConfig, worker: int | str = 0) -> ServerState:
             predlog.close()
         raise
     cache = ResponseCache(cfg.cache.ttl_s, cfg.cache.max_bytes) if cfg.cache.enabled else None
-    return ServerState(cfg, store, Service(cfg, store, predlog, cache), predlog)
+    review = None
+    if cfg.review_queue:
+        from mlsd_jax.serving.review import ReviewQueue
+
+        review = ReviewQueue(cfg.review_queue)
+    return ServerState(cfg, store, Service(cfg, store, predlog, cache, review), predlog)
 
 
 def use_compilation_cache(folder: str | None) -> None:

@@ -111,8 +111,9 @@ class Admission:
 
 class Service:
     def __init__(self, cfg: ServeConfig, store: ModelStore, predlog: PredictionLog | None,
-                 cache: ResponseCache | None):
+                 cache: ResponseCache | None, review=None):
         self.cfg, self.store, self.predlog, self.cache = cfg, store, predlog, cache
+        self.review = review      # a ReviewQueue: rows the model sends to a person
         self.admission = Admission(cfg.inflight_limit())
 
     def model_label(self, name: str) -> str:
@@ -228,9 +229,32 @@ class Service:
         call.outputs = outputs
         return Prediction(outputs, mv, info, reason)
 
+    async def enqueue_review(self, call: Call) -> None:
+        """Rows whose ``decision`` output is 1 (review) go to the review queue, committed
+        before the response; a queue failure is logged and counted, never fails the request."""
+        out = call.outputs or {}
+        if self.review is None or call.fallback or "decision" not in out or not call.inputs:
+            return
+        decision = np.asarray(out["decision"]).reshape(-1)
+        rows = np.flatnonzero(decision == 1)
+        if not len(rows):
+            return
+        score = np.asarray(out["score"]).reshape(-1) if "score" in out else None
+        items = [{k: np.asarray(v)[i] for k, v in call.inputs.items()} for i in rows]
+        scores = [float(score[i]) if score is not None else None for i in rows]
+        try:
+            await asyncio.to_thread(self.review.enqueue_many, items, scores, model=call.model,
+                                    version=str(call.version), request_id=call.request_id)
+            metrics().review_enqueued.labels(self.model_label(call.model)).inc(len(rows))
+        except Exception as e:  # noqa: BLE001 - the answer still goes out
+            event("review_queue_error", logging.ERROR, request_id=call.request_id,
+                  model=call.model, error=repr(e))
+
     async def finish(self, call: Call, code: int, error: str | None = None) -> None:
         """Records a finished request; with ``log.durable`` it returns once the prediction
         log has committed the record (the caller responds after this)."""
+        if code < 400 and self.review is not None:
+            await self.enqueue_review(call)
         latency = time.perf_counter() - call.started
         m = metrics()
         version = str(call.version) if call.version is not None else ""
