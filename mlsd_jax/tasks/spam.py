@@ -155,17 +155,36 @@ def _positive_int(data_cfg, key: str, default) -> int:
     return value
 
 
-def feature_spec(data_cfg: Mapping[str, Any], email: bool):
-    """The :class:`FeatureSpec` (word bags and side features) and the character encoders."""
+TOKENIZERS = ("hash", "wordpiece")
+
+
+def feature_spec(data_cfg: Mapping[str, Any], email: bool, train_columns=None):
+    """The :class:`FeatureSpec` (word bags and side features) and the encoders outside it
+    (character n-grams; with ``data.tokenizer=wordpiece`` the fitted :class:`WordPiece` ids of
+    the text, which replace the ``text`` bag's hashed word ids, see :func:`make_encoders`;
+    ``data.word_ngrams`` and ``data.word_buckets`` then apply to the e-mail subject only).
+
+    ``train_columns``: the training split's raw columns, to fit the WordPiece vocabulary on
+    (``data.wordpiece_vocab`` pieces); when None, the training split of ``load_data(data_cfg)``.
+    """
     from mlsd_jax.features import Categorical, FeatureSpec, Numeric, Text
+    from mlsd_jax.features.wordpiece import WordPiece
 
     lowercase = bool(data_cfg.get("lowercase", True))
     words = _ints(data_cfg, "word_ngrams", [1, 2])
     check(len(words) > 0, "data.word_ngrams", words, "at least one width")
     buckets = _positive_int(data_cfg, "word_buckets", 2 ** 18)
     max_tokens = _positive_int(data_cfg, "max_tokens", 96)
-    feats = [Text("text", ngrams=tuple(words), hash_buckets=buckets, max_tokens=max_tokens,
-                  lowercase=lowercase)]
+    tokenizer = data_cfg.get("tokenizer", "hash")
+    check(tokenizer in TOKENIZERS, "data.tokenizer", tokenizer, f"one of {list(TOKENIZERS)}")
+    if tokenizer == "wordpiece":
+        # The Text feature declares the raw text input; its ids and mask are replaced by the
+        # WordPiece ids (same width: unigrams of max_tokens), so it hashes into one bucket.
+        feats = [Text("text", ngrams=(1,), hash_buckets=1, max_tokens=max_tokens,
+                      lowercase=lowercase)]
+    else:
+        feats = [Text("text", ngrams=tuple(words), hash_buckets=buckets, max_tokens=max_tokens,
+                      lowercase=lowercase)]
     if email:
         feats.append(Text("subject", ngrams=tuple(words), hash_buckets=buckets,
                           max_tokens=_positive_int(data_cfg, "max_subject_tokens", 24),
@@ -182,15 +201,27 @@ def feature_spec(data_cfg: Mapping[str, Any], email: bool):
                                                                      2 ** 18),
                                 max_tokens, _positive_int(data_cfg, "max_token_chars", 15),
                                 _positive_int(data_cfg, "max_char_ngrams", 1024), lowercase))
+    if tokenizer == "wordpiece":
+        size = data_cfg.get("wordpiece_vocab", 8000)
+        check(isinstance(size, int) and not isinstance(size, bool) and size >= 10,
+              "data.wordpiece_vocab", size, "an integer >= 10 (pieces in the vocabulary)")
+        if train_columns is None:
+            data = load_data(data_cfg)
+            train_columns = {"text": data.columns["text"][data.splits["train"]]}
+        wp = WordPiece("text", name="text", max_tokens=max_tokens, lowercase=lowercase,
+                       max_word_chars=_positive_int(data_cfg, "wordpiece_max_word_chars", 100))
+        chars.insert(0, wp.fit(train_columns["text"], size))
     return FeatureSpec(feats), chars
 
 
 def _fitted(features):
     from mlsd_jax.features import FittedFeatureSpec
+    from mlsd_jax.features.wordpiece import WordPiece
 
     spec = features["spec"]
     spec = spec if isinstance(spec, FittedFeatureSpec) else FittedFeatureSpec.from_json(spec)
-    return spec, [CharNgrams.from_json(c) for c in features["chars"]]
+    return spec, [WordPiece.from_json(c) if c.get("type") == "WordPiece"
+                  else CharNgrams.from_json(c) for c in features["chars"]]
 
 
 def bag_cardinalities(spec, chars) -> dict[str, int]:
@@ -203,23 +234,30 @@ def bag_cardinalities(spec, chars) -> dict[str, int]:
 
 
 def make_encoders(spec, chars):
-    """``(encode_np, encode_tf)``: raw signature inputs -> the encoded model inputs."""
+    """``(encode_np, encode_tf)``: raw signature inputs -> the encoded model inputs.
+
+    An encoder whose key is a Text feature's (the WordPiece ids of ``data.tokenizer=wordpiece``)
+    replaces that feature's ids and ``/mask`` (the same width)."""
     names = {c: serving_name(c) for c in spec.raw_signature}
 
     def columns(raw):
         return {c: raw[n] for c, n in names.items()}
 
+    def add(out, cols, encode):
+        for c in chars:
+            key, ids = c.key, encode(c, cols[c.column])
+            if f"{key}/mask" in out:
+                out[f"{key}/mask"] = ids > 0
+            out[key] = ids
+        return out
+
     def encode_np(raw):
         cols = columns(raw)
-        out = dict(spec.encode_np(cols))
-        out.update({c.key: c.encode_np(cols[c.column]) for c in chars})
-        return out
+        return add(dict(spec.encode_np(cols)), cols, lambda c, x: c.encode_np(x))
 
     def encode_tf(raw):
         cols = columns(raw)
-        out = dict(spec.encode_tf(cols))
-        out.update({c.key: c.encode_tf(cols[c.column]) for c in chars})
-        return out
+        return add(dict(spec.encode_tf(cols)), cols, lambda c, x: c.encode_tf(x))
 
     return names, encode_np, encode_tf
 
@@ -453,7 +491,8 @@ def build_spam_task(cfg: Mapping[str, Any]) -> Task:
     data_cfg, trainer_cfg, task_cfg = cfg["data"], cfg["trainer"], cfg["task"]
     data = load_data(data_cfg)
     train_rows = data.splits["train"]
-    spec_decl, chars = feature_spec(data_cfg, email=data.info["dataset"] == "spamassassin")
+    spec_decl, chars = feature_spec(data_cfg, email=data.info["dataset"] == "spamassassin",
+                                    train_columns={"text": data.columns["text"][train_rows]})
     spec = spec_decl.fit({k: v[train_rows] for k, v in data.columns.items()})
     sublinear = bool(task_cfg.get("sublinear_tf", True))
     features = {"spec": spec.to_json(), "chars": [c.to_json() for c in chars],
