@@ -16,6 +16,7 @@ CORE = [
     "pyarrow>=15",
     "tqdm>=4.66",
     "rdata>=1.0",  # reads R data files (Spambase from kernlab's spam.rda)
+    "tokenizers>=0.20",  # fits the subword (WordPiece) vocabulary of text features
 ]
 # FarmHash in C for hashed features (a pure-Python port of the same hash is used without it).
 FAST = ["pyfarmhash>=0.4"]
@@ -34,8 +35,9 @@ TEST = [
     "portpicker>=1.6",
     "scikit-learn>=1.5",
     "hypothesis>=6.100",
+    "imbalanced-learn>=0.12",
 ]
-BENCH = ["lightgbm>=4.5,<5", "matplotlib>=3.8", "scikit-learn>=1.5"]
+BENCH = ["lightgbm>=4.5,<5", "matplotlib>=3.8", "scikit-learn>=1.5", "imbalanced-learn>=0.12"]
 
 setup(
     name="mlsd_jax",
