@@ -4,6 +4,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 
 from tests.utils import TINY
 
@@ -15,6 +16,7 @@ def run_cli(*overrides, timeout=600):
                           capture_output=True, text=True, timeout=timeout)
 
 
+@pytest.mark.slow  # 20-45 s; the default suite keeps under 15 minutes
 def test_cli_trains_evaluates_exports_and_resumes(tmp_path):
     args = ["+task=ranking", f"hydra.run.dir={tmp_path}", *[o for o in TINY if not o.startswith("export")],
             "export.enabled=true", "logger=wandb"]

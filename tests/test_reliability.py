@@ -152,6 +152,7 @@ def test_a_run_dir_of_another_model_says_so(ranking, tmp_path):
     assert fit.steps_run == 2 and list(tmp_path.glob("checkpoints.old-*"))
 
 
+@pytest.mark.slow  # 20-45 s; the default suite keeps under 15 minutes
 def test_resumed_runs_never_log_a_metric_twice(ranking, tmp_path):
     cfg, task = ranking
     logger = JsonlLogger(tmp_path)
