@@ -123,7 +123,8 @@ class ServeConfig:
 
     ``review_queue``: a SQLite file (:class:`mlsd_jax.serving.review.ReviewQueue`); rows whose
     model outputs ``decision`` = 1 (review, as the moderation task exports) are added to it with
-    their raw inputs, score, model, version and request id before the response is sent."""
+    their raw inputs, score, model, version and request id before the response is sent
+    (committed with ``log.synchronous``, as the prediction log)."""
 
     model_name: Optional[str] = None
     model_base_path: Optional[str] = None

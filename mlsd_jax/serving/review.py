@@ -1,7 +1,8 @@
 """The human-review queue: predictions in a model's uncertain band wait here for a person.
 
-An embedded SQLite database (WAL journal, ``synchronous=FULL``: an acknowledged enqueue or
-resolution survives a crash or ``kill -9``), shared by every server worker and by the review
+An embedded SQLite database (WAL journal: an acknowledged enqueue or resolution survives a crash
+of the process, ``kill -9`` included; ``synchronous="FULL"`` also survives a power loss, at an
+fsync per commit), shared by every server worker and by the review
 command line (``python -m experiments.review``). Each item holds the raw inputs of one row as
 the client sent them (JSON), the model's score, which model and version scored it, the request
 id, and when resolved the reviewer's label. :meth:`ReviewQueue.labelled` returns the resolved
@@ -67,20 +68,23 @@ def _plain(value: Any) -> Any:
 
 
 class ReviewQueue:
-    """``ReviewQueue(path)``: open (or create) the queue database at ``path``.
+    """``ReviewQueue(path, synchronous="NORMAL")``: open (or create) the queue database at
+    ``path`` (``synchronous``: SQLite's ``NORMAL`` or ``FULL``, as the prediction log's).
 
     One connection per object, guarded by a lock (the server calls it from its event loop and
     batch threads); several processes may open the same file.
     """
 
-    def __init__(self, path: str | Path):
+    def __init__(self, path: str | Path, synchronous: str = "NORMAL"):
+        if synchronous not in ("NORMAL", "FULL"):
+            raise ReviewError(f"synchronous={synchronous!r}: expected 'NORMAL' or 'FULL'")
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._lock = threading.Lock()
         self._db = sqlite3.connect(str(self.path), timeout=30.0, check_same_thread=False,
                                    isolation_level=None)
         self._db.execute("PRAGMA journal_mode=WAL")
-        self._db.execute("PRAGMA synchronous=FULL")
+        self._db.execute(f"PRAGMA synchronous={synchronous}")
         self._db.executescript(_SCHEMA)
 
     def close(self) -> None:

@@ -116,7 +116,7 @@ def build_state(cfg: ServeConfig, worker: int | str = 0) -> ServerState:
     if cfg.review_queue:
         from mlsd_jax.serving.review import ReviewQueue
 
-        review = ReviewQueue(cfg.review_queue)
+        review = ReviewQueue(cfg.review_queue, synchronous=cfg.log.synchronous)
     return ServerState(cfg, store, Service(cfg, store, predlog, cache, review), predlog)
 
 

@@ -27,6 +27,10 @@ word bag and the sender domain (a vocabulary with OOV), link count, HTML share, 
 count, recipient counts, attachment count and an HTML flag are side features through the
 :class:`~mlsd_jax.features.FeatureSpec` machinery.
 
+``data.tokenizer=wordpiece`` (for the sequence models): the ``text`` bag holds WordPiece ids in
+text order (:class:`~mlsd_jax.features.wordpiece.WordPiece`, ``data.wordpiece_vocab`` pieces
+fitted on the training split) instead of hashed word ids.
+
 Decision threshold: chosen on the validation split (never test) as the lowest threshold whose
 validation precision reaches ``task.precision_target`` (few good messages lost), see
 :func:`choose_threshold`. Every split reports ROC-AUC, PR-AUC, log-loss, ECE and, at that
