@@ -34,9 +34,14 @@ QUICK = {
                              ["news_feed_quality_quick.json", "news_feed_quality_quick.md"]),
     "spam_quality.py": (["--quick", "--out", "{out}"],
                         ["spam_quality_quick.json", "spam_quality_quick.md"]),
+    "fraud_imbalance.py": (["--quick", "--out", "{out}"],
+                           ["fraud_imbalance_quick.json", "fraud_imbalance_quick.md"]),
+    "moderation.py": (["--quick", "--out", "{out}"],
+                      ["moderation_quick.json", "moderation_quick.md"]),
     "recsys_throughput.py": (["--quick", "--out-dir", "{out}"],
                              ["recsys_throughput_cpu.json", "recsys_throughput_cpu.md"]),
     "serving.py": (["--quick", "--out-dir", "{out}"], ["serving_cpu_quick.json", "serving_cpu_quick.md"]),
+    "drift_cost.py": (["--quick", "--out", "{out}"], ["drift_cost_quick.json", "drift_cost_quick.md"]),
 }
 
 
