@@ -12,6 +12,8 @@ BUILDERS = {
     "ctr": "mlsd_jax.tasks.ctr:build_ctr_task",
     "news_feed": "mlsd_jax.tasks.news_feed:build_news_feed_task",
     "spam": "mlsd_jax.tasks.spam:build_spam_task",
+    "moderation": "mlsd_jax.tasks.moderation:build_moderation_task",
+    "fraud": "mlsd_jax.tasks.fraud:build_fraud_task",
 }
 
 
