@@ -38,6 +38,8 @@ QUICK = {
                            ["fraud_imbalance_quick.json", "fraud_imbalance_quick.md"]),
     "moderation.py": (["--quick", "--out", "{out}"],
                       ["moderation_quick.json", "moderation_quick.md"]),
+    "text_throughput.py": (["--quick", "--out-dir", "{out}"],
+                           ["text_throughput_cpu.json", "text_throughput_cpu.md"]),
     "recsys_throughput.py": (["--quick", "--out-dir", "{out}"],
                              ["recsys_throughput_cpu.json", "recsys_throughput_cpu.md"]),
     "serving.py": (["--quick", "--out-dir", "{out}"], ["serving_cpu_quick.json", "serving_cpu_quick.md"]),

@@ -1,8 +1,10 @@
 """Spam filtering on real text: hashed word and character n-grams -> TF-IDF -> logistic regression.
 
 Models (``spam/model=``): ``tfidf_logreg`` (default; :class:`~mlsd_jax.models.text.TfidfLinear`)
-and ``text_cnn`` (:class:`~mlsd_jax.models.text.TextCNN`, which reads the word ids in text order
-rather than TF-IDF weights; its config sets unigrams only and no character n-grams).
+and the sequence models ``text_cnn``, ``bilstm`` and ``transformer``
+(:class:`~mlsd_jax.models.text.TextCNN`, :class:`~mlsd_jax.models.text.BiLSTM`,
+:class:`~mlsd_jax.models.text.TextTransformer`), which read the word ids in text order rather
+than TF-IDF weights; their configs set unigrams only and no character n-grams.
 
 Data (:mod:`mlsd_jax.data.spam`; ``data.name``):
 
