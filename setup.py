@@ -12,6 +12,7 @@ CORE = [
     "hydra-core>=1.3.8,<1.4",
     "wandb>=0.31,<0.32",
     "tensorflow-datasets>=4.9.10,<4.10",
+    "importlib-resources>=6",  # tensorflow-datasets' builders import it (through etils.epath)
     "numpy>=1.26,<3",
     "pyarrow>=15",
     "tqdm>=4.66",
@@ -27,6 +28,8 @@ SERVE = EXPORT + ["starlette>=0.40", "uvicorn>=0.30", "httptools>=0.6", "grpcio>
                   "protobuf>=5", "prometheus-client>=0.20", "httpx>=0.27"]
 # Batch scoring on Apache Spark (mapInPandas); needs Java 17.
 SPARK = ["pyspark>=3.5", "pandas>=2"]
+# Video files: PyAV (FFmpeg) writes clips and reads frames back; imageio reads them too (tests).
+VIDEO = ["imageio>=2.30", "av>=12"]
 TEST = [
     "pytest>=8",
     "nbmake>=1.5",
@@ -36,7 +39,7 @@ TEST = [
     "scikit-learn>=1.5",
     "hypothesis>=6.100",
     "imbalanced-learn>=0.12",
-]
+] + VIDEO
 BENCH = ["lightgbm>=4.5,<5", "matplotlib>=3.8", "scikit-learn>=1.5", "imbalanced-learn>=0.12"]
 
 setup(
@@ -59,6 +62,7 @@ setup(
         "fast": FAST,
         "serve": SERVE,
         "spark": SPARK,
+        "video": VIDEO,
         "all": SERVE + SPARK + TEST + BENCH + FAST,
     },
 )
