@@ -152,6 +152,21 @@ def test_a_run_dir_of_another_model_says_so(ranking, tmp_path):
     assert fit.steps_run == 2 and list(tmp_path.glob("checkpoints.old-*"))
 
 
+def test_a_run_dir_of_other_data_says_so(ranking, tmp_path):
+    """Same model and shapes, other data (another validation split -> other fitted feature
+    statistics): resuming would silently continue with weights fitted to other features."""
+    cfg, task = ranking
+    make_trainer(cfg, task, max_steps=2, eval_every=2).fit(tmp_path)
+    other_cfg = compose_config(["+task=ranking", "data.seed=1"])
+    other = tasks.build(other_cfg)
+    with pytest.raises(CheckpointError, match="fitted features / constants differ"):
+        make_trainer(other_cfg, other, max_steps=2, eval_every=2).fit(tmp_path)
+    # The same config again resumes.
+    again = tasks.build(compose_config(["+task=ranking"]))
+    fit = make_trainer(cfg, again, max_steps=2, eval_every=2).fit(tmp_path)
+    assert fit.steps_run == 0
+
+
 @pytest.mark.slow  # 20-45 s; the default suite keeps under 15 minutes
 def test_resumed_runs_never_log_a_metric_twice(ranking, tmp_path):
     cfg, task = ranking

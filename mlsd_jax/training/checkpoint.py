@@ -97,16 +97,21 @@ class Checkpoints:
     def check_owner(self, signature: dict, describe: str) -> None:
         """Refuses to resume checkpoints written for another model or config.
 
-        ``signature`` describes what the checkpoints must fit (task, parameter shapes...); the
-        first save records it in ``run.json``.
+        ``signature`` describes what the checkpoints must fit (task, parameter shapes, the
+        fitted constants' fingerprint...); the first save records it in ``run.json``. Keys an
+        older ``run.json`` lacks are not compared.
         """
         path = self.directory / RUN_FILE
         if path.exists():
             old = json.loads(path.read_text())
-            if old.get("signature") != signature:
+            recorded = old.get("signature") or {}
+            differ = sorted(k for k in recorded if recorded[k] != signature.get(k))
+            if differ:
+                why = ("the fitted features / constants differ: the data or feature settings "
+                       "changed" if differ == ["consts"] else
+                       f"{old.get('describe', 'unknown model')}, not {describe}")
                 raise CheckpointError(
-                    f"{self.directory.parent} holds checkpoints of another run "
-                    f"({old.get('describe', 'unknown model')}), not of this one ({describe}). "
+                    f"{self.directory.parent} holds checkpoints of another run ({why}). "
                     f"Use a new hydra.run.dir, or trainer.resume=false to move them aside and "
                     f"start over here.")
         elif self.latest.latest_step() is not None:
@@ -119,6 +124,19 @@ def state_signature(abstract_state) -> dict:
     """Paths, shapes and dtypes of a state: what a checkpoint must match to be restored."""
     leaves = jax.tree_util.tree_flatten_with_path(abstract_state)[0]
     return {jax.tree_util.keystr(p): [list(x.shape), str(np.dtype(x.dtype))] for p, x in leaves}
+
+
+def consts_fingerprint(consts) -> str:
+    """sha256 of the fitted constants (every leaf's path, shape, dtype and bytes): a resumed
+    run must have fitted the same feature transforms from the same data."""
+    import hashlib
+
+    h = hashlib.sha256()
+    for path, x in jax.tree_util.tree_flatten_with_path(jax.device_get(consts))[0]:
+        x = np.ascontiguousarray(np.asarray(x))
+        h.update(f"{jax.tree_util.keystr(path)}{x.shape}{x.dtype}".encode())
+        h.update(x.tobytes())
+    return h.hexdigest()
 
 
 def move_aside(directory: str | Path) -> Path | None:

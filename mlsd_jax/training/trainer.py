@@ -28,8 +28,8 @@ from mlsd_jax.models.embedding import LOOKUPS, ROWS
 from mlsd_jax.tasks.base import (Task, init_variables, run_forward, run_forward_collecting,
                                  split_loss)
 from mlsd_jax.training import sparse
-from mlsd_jax.training.checkpoint import (Checkpoints, abstract_with_shardings, move_aside,
-                                          state_signature)
+from mlsd_jax.training.checkpoint import (Checkpoints, abstract_with_shardings,
+                                          consts_fingerprint, move_aside, state_signature)
 from mlsd_jax.training.optim import OptimConfig, make_optimizer, make_sparse_optimizer
 from mlsd_jax.training.state import TrainState
 
@@ -285,7 +285,8 @@ class Trainer:
     # ----------------------------------------------------------------------------------- loop
     def _restore_or_init(self, ckpt: Checkpoints) -> tuple[TrainState, dict]:
         model = type(self.task.model).__name__
-        ckpt.check_owner({"task": self.task.name, "state": state_signature(self.abstract_state)},
+        ckpt.check_owner({"task": self.task.name, "state": state_signature(self.abstract_state),
+                          "consts": consts_fingerprint(self.task.consts)},
                          f"task {self.task.name}, model {model}")
         restored = ckpt.restore_latest(self.abstract_state)
         if restored is None:
