@@ -45,6 +45,7 @@ def _with_scrambled_test(task):
     return dataclasses.replace(task, eval_splits={**task.eval_splits, "test": scrambled})
 
 
+@pytest.mark.slow  # the default suite keeps under 15 minutes
 def test_model_selection_never_reads_the_test_split(tmp_path):
     cfg = compose_config(["+task=ranking", "trainer.max_steps=6", "trainer.eval_every=2",
                           "trainer.patience=2"])

@@ -15,6 +15,10 @@ import numpy as np
 import portpicker
 import pytest
 
+# Two worker processes train, evaluate and checkpoint (about 20-40 s): in the slow suite, which CI
+# runs too, so the default suite keeps under 15 minutes.
+pytestmark = pytest.mark.slow
+
 from mlsd_jax import sharding as shd
 from mlsd_jax import tasks
 from mlsd_jax.data.ranking import load_ranking_splits

@@ -141,6 +141,7 @@ def test_a_damaged_newest_checkpoint_falls_back_to_the_previous_step(ranking, tm
     assert "latest/4 is unreadable" in capsys.readouterr().out
 
 
+@pytest.mark.slow  # the default suite keeps under 15 minutes
 def test_a_run_dir_of_another_model_says_so(ranking, tmp_path):
     cfg, task = ranking
     make_trainer(cfg, task, max_steps=2, eval_every=2).fit(tmp_path)
@@ -152,6 +153,7 @@ def test_a_run_dir_of_another_model_says_so(ranking, tmp_path):
     assert fit.steps_run == 2 and list(tmp_path.glob("checkpoints.old-*"))
 
 
+@pytest.mark.slow  # the default suite keeps under 15 minutes
 def test_a_run_dir_of_other_data_says_so(ranking, tmp_path):
     """Same model and shapes, other data (another validation split -> other fitted feature
     statistics): resuming would silently continue with weights fitted to other features."""
