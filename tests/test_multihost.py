@@ -15,10 +15,6 @@ import numpy as np
 import portpicker
 import pytest
 
-# Two worker processes train, evaluate and checkpoint (about 20-40 s): in the slow suite, which CI
-# runs too, so the default suite keeps under 15 minutes.
-pytestmark = pytest.mark.slow
-
 from mlsd_jax import sharding as shd
 from mlsd_jax import tasks
 from mlsd_jax.data.ranking import load_ranking_splits
@@ -27,6 +23,10 @@ from mlsd_jax.training.optim import OptimConfig
 from mlsd_jax.training.trainer import Trainer, TrainerConfig
 from tests.test_lists import Locator
 from tests.utils import compose_config
+
+# Two worker processes train, evaluate and checkpoint (about 20-40 s): in the slow suite, which CI
+# runs too, so the default suite keeps under 15 minutes.
+pytestmark = pytest.mark.slow
 
 ROOT = Path(__file__).resolve().parents[1]
 STEPS = 9  # 9 x 4 lists: the 34 training queries of epoch 0 and two of epoch 1
