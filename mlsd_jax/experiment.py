@@ -193,11 +193,9 @@ def run(cfg: DictConfig, workdir: str | Path | None = None) -> dict[str, Any]:
 def check_same_structure(before, after) -> None:
     """A task's ``post_fit`` may change const values, not their structure, shapes or dtypes
     (the jitted functions and checkpoints are built for the first)."""
-    def sig(tree):
-        leaves, treedef = jax.tree.flatten(tree)
-        return treedef, [(tuple(x.shape), str(x.dtype)) for x in leaves]
+    from mlsd_jax.training.checkpoint import state_signature
 
-    if sig(before) != sig(after):
+    if state_signature(before) != state_signature(after):
         raise ValueError("task.post_fit changed the structure, shapes or dtypes of the consts; "
                          "it may only change their values")
 

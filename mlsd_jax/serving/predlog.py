@@ -55,10 +55,14 @@ CREATE TABLE IF NOT EXISTS predictions (
 )"""
 
 
-def _jsonable(x: Any):
+def jsonable(x: Any):
+    """A JSON-able copy of a tensor or value (bytes as UTF-8 text, else ``{"b64": ...}``;
+    non-finite floats as null)."""
+    if isinstance(x, np.generic):
+        x = x.item()
     if isinstance(x, np.ndarray):
         if x.dtype == object:
-            return [_jsonable(v) for v in x.tolist()] if x.ndim else _jsonable(x.item())
+            return [jsonable(v) for v in x.tolist()] if x.ndim else jsonable(x.item())
         if x.dtype.kind == "f":
             return _floats(x.tolist())
         return x.tolist()
@@ -68,7 +72,7 @@ def _jsonable(x: Any):
         except UnicodeDecodeError:
             return {"b64": base64.b64encode(x).decode("ascii")}
     if isinstance(x, list):
-        return [_jsonable(v) for v in x]
+        return [jsonable(v) for v in x]
     if isinstance(x, float) and not np.isfinite(x):
         return None
     return x
@@ -83,7 +87,7 @@ def _floats(v):
 def _dumps(tensors: Mapping[str, Any] | None) -> str | None:
     if tensors is None:
         return None
-    return json.dumps({k: _jsonable(v) for k, v in tensors.items()}, separators=(",", ":"))
+    return json.dumps({k: jsonable(v) for k, v in tensors.items()}, separators=(",", ":"))
 
 
 class _Item:

@@ -25,6 +25,7 @@ from typing import Any, Iterable, Mapping, Sequence
 import numpy as np
 
 from mlsd_jax.errors import UserError
+from mlsd_jax.serving.predlog import jsonable
 
 __all__ = ["ALLOW", "BLOCK", "DECISIONS", "REVIEW", "ReviewError", "ReviewQueue"]
 
@@ -52,19 +53,6 @@ CREATE INDEX IF NOT EXISTS items_status ON items (status, model, created);
 
 class ReviewError(UserError):
     """A bad review operation (unknown item, already resolved, bad label)."""
-
-
-def _plain(value: Any) -> Any:
-    """A JSON-able copy of one input value (numpy scalars and arrays, bytes as UTF-8 text)."""
-    if isinstance(value, np.ndarray):
-        return [_plain(v) for v in value.tolist()] if value.ndim else _plain(value.item())
-    if isinstance(value, (bytes, bytearray)):
-        return bytes(value).decode("utf-8", errors="replace")
-    if isinstance(value, np.generic):
-        return value.item()
-    if isinstance(value, (list, tuple)):
-        return [_plain(v) for v in value]
-    return value
 
 
 class ReviewQueue:
@@ -111,7 +99,7 @@ class ReviewQueue:
             raise ReviewError(f"enqueue: {len(rows)} rows but {len(scores)} scores")
         now = time.time()
         records = [(now, str(model), str(version), request_id,
-                    json.dumps({k: _plain(v) for k, v in row.items()}, ensure_ascii=False),
+                    json.dumps({k: jsonable(v) for k, v in row.items()}, ensure_ascii=False),
                     None if s is None else float(s)) for row, s in zip(rows, scores)]
         with self._lock:
             cur = self._db.cursor()

@@ -149,10 +149,7 @@ def decision_report(scores, labels, review: float, block: float) -> dict[str, fl
 
 def score_metrics() -> dict[str, ms.Metric]:
     """Threshold-free metrics of the moderation score against "violates any label"."""
-    return {"auc": ms.BinaryAUC(pred="score", label="label_any"),
-            "pr_auc": ms.AveragePrecision(pred="score", label="label_any"),
-            "logloss": ms.LogLoss(pred="score", label="label_any"),
-            "ece": ms.ExpectedCalibrationError(pred="score", label="label_any")}
+    return sp.score_metrics(pred="score", label="label_any")
 
 
 def report(probs, labels, decisions: Mapping[str, float], label_names) -> dict[str, float]:
@@ -292,12 +289,7 @@ def build_moderation_task(cfg: Mapping[str, Any]) -> Task:
     train = rows("train", int(trainer_cfg["batch_size"]))
     evals = {s: rows(s, int(trainer_cfg["eval_batch_size"])) for s in ("valid", "test")}
     y_train = label_any[train_rows]
-    pos_weight = task_cfg.get("positive_weight", 1.0)
-    if pos_weight == "balanced":
-        pos_weight = float((y_train < 0.5).sum() / max((y_train > 0.5).sum(), 1))
-    check(isinstance(pos_weight, (int, float)) and pos_weight > 0, "task.positive_weight",
-          pos_weight, "a number > 0 or 'balanced'")
-    pos_weight = float(pos_weight)
+    pos_weight = sp.positive_weight(task_cfg, y_train)
 
     def loss_fn(outputs, batch):
         y = batch["label"]

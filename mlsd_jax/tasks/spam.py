@@ -360,12 +360,24 @@ def threshold_report(probs, labels, threshold: float, hard=None) -> dict[str, fl
     return out
 
 
-def score_metrics() -> dict[str, ms.Metric]:
-    """Threshold-free metrics (mergeable; the trainer's default evaluation uses them too)."""
-    return {"auc": ms.BinaryAUC(pred="prob", label="label"),
-            "pr_auc": ms.AveragePrecision(pred="prob", label="label"),
-            "logloss": ms.LogLoss(pred="prob", label="label"),
-            "ece": ms.ExpectedCalibrationError(pred="prob", label="label")}
+def score_metrics(pred: str = "prob", label: str = "label") -> dict[str, ms.Metric]:
+    """Threshold-free metrics of output ``pred`` against batch key ``label`` (mergeable; the
+    trainer's default evaluation uses them too)."""
+    return {"auc": ms.BinaryAUC(pred=pred, label=label),
+            "pr_auc": ms.AveragePrecision(pred=pred, label=label),
+            "logloss": ms.LogLoss(pred=pred, label=label),
+            "ece": ms.ExpectedCalibrationError(pred=pred, label=label)}
+
+
+def positive_weight(task_cfg, y_train) -> float:
+    """``task.positive_weight``: a number > 0, or ``"balanced"`` (negatives / positives among
+    the training labels ``y_train``)."""
+    weight = task_cfg.get("positive_weight", 1.0)
+    if weight == "balanced":
+        weight = float((y_train < 0.5).sum() / max((y_train > 0.5).sum(), 1))
+    check(isinstance(weight, (int, float)) and weight > 0, "task.positive_weight", weight,
+          "a number > 0 or 'balanced'")
+    return float(weight)
 
 
 def report(probs, labels, threshold: float, met: bool, hard=None) -> dict[str, float]:
@@ -506,12 +518,7 @@ def build_spam_task(cfg: Mapping[str, Any]) -> Task:
     train = rows("train", int(trainer_cfg["batch_size"]))
     evals = {s: rows(s, int(trainer_cfg["eval_batch_size"])) for s in ("valid", "test")}
     y_train = data.labels[train_rows]
-    pos_weight = task_cfg.get("positive_weight", 1.0)
-    if pos_weight == "balanced":
-        pos_weight = float((y_train < 0.5).sum() / max((y_train > 0.5).sum(), 1))
-    check(isinstance(pos_weight, (int, float)) and pos_weight > 0, "task.positive_weight",
-          pos_weight, "a number > 0 or 'balanced'")
-    pos_weight = float(pos_weight)
+    pos_weight = positive_weight(task_cfg, y_train)
 
     def loss_fn(outputs, batch):
         y = batch["label"]
