@@ -144,7 +144,7 @@ class Bundle:
                 ) -> dict[str, np.ndarray]:
         encoded = self.encode(inputs, signature)
         out = self.jax_predict(signature)(self.variables, self.consts, encoded)
-        return {k: np.asarray(v) for k, v in out.items()}
+        return self._signature(signature).lookup_np({k: np.asarray(v) for k, v in out.items()})
 
     def _signature(self, name: str) -> Signature:
         if name not in self.signatures:

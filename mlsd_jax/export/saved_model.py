@@ -70,7 +70,7 @@ def _serving_function(tf, module, model, sig: Signature):
         encoded = sig.encode_tf(inputs) if sig.encode_tf is not None else inputs
         encoded = {k: tf.cast(encoded[k], tf.as_dtype(np.dtype(dt)))
                    for k, (_, dt) in sig.model_inputs.items()}
-        return lowered(module.variables_tree, module.consts_tree, encoded)
+        return sig.lookup_tf(lowered(module.variables_tree, module.consts_tree, encoded))
 
     return serve
 
@@ -168,6 +168,10 @@ def _max_diff(a, b) -> float:
         return float("inf")
     if not a.size:
         return 0.0
+    if a.dtype.kind in "USO" or b.dtype.kind in "USO":  # names (TensorFlow gives bytes)
+        def text(x):
+            return [v.decode("utf-8") if isinstance(v, bytes) else str(v) for v in x.reshape(-1)]
+        return float(text(a) != text(b))
     if a.dtype.kind in "iub":
         return float(np.max(a != b))
     return float(np.max(np.abs(a.astype(np.float64) - b.astype(np.float64))))

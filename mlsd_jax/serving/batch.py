@@ -168,7 +168,10 @@ class Scorer:
                 out[k] = jax.ShapeDtypeStruct(tuple(shape), np.dtype(dt))
             return out
 
-        shapes = jax.eval_shape(self.fn, self.bundle.variables, self.bundle.consts, specs(2, 3))
+        shapes = dict(jax.eval_shape(self.fn, self.bundle.variables, self.bundle.consts,
+                                     specs(2, 3)))
+        for name, (source, _) in self.sig.lookups.items():  # names of ids: same shape, strings
+            shapes[name] = jax.ShapeDtypeStruct(shapes[source].shape, np.dtype(object))
         a = {k: shapes[k] for k in self.sig.outputs}
         if self.layout == "rows":
             return {k: (np.dtype(v.dtype), tuple(v.shape[1:]), False) for k, v in a.items()}
@@ -235,7 +238,7 @@ class Scorer:
 
     def predict(self, encoded: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
         out = self.fn(self.bundle.variables, self.bundle.consts, encoded)
-        return {k: np.asarray(v) for k, v in out.items()}
+        return self.sig.lookup_np({k: np.asarray(v) for k, v in out.items()})
 
     def rows_table(self, keep: pa.Table, out: Mapping[str, np.ndarray], n: int) -> pa.Table:
         fields = self.output_fields(keep.column_names)

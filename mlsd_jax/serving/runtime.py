@@ -91,6 +91,8 @@ def output_specs(bundle, signature: str) -> dict[str, TensorSpec]:
             for i, (a, b) in enumerate(zip(ref[k][0], shape)):
                 if a != b:
                     dims[k][i] = d
+    for name, (source, _) in sig.lookups.items():  # names of ids: same dims, strings
+        dims[name], ref[name] = dims[source], (None, np.str_)
     return {k: TensorSpec(k, tuple(dims[k]), _dtype_name(ref[k][1])) for k in sig.outputs}
 
 
@@ -500,7 +502,7 @@ class JaxExecutor(Executor):
 
     def _call(self, batch, sizes) -> dict[str, np.ndarray]:
         out = self._program(sizes)(self._variables, self._consts, batch)
-        return {k: np.asarray(v) for k, v in out.items()}
+        return self._sig.lookup_np({k: np.asarray(v) for k, v in out.items()})
 
     def close(self) -> None:
         self._compiled.clear()

@@ -59,6 +59,10 @@ class Signature:
         (TensorFlow); ``None`` when ``encoded`` is ``None``.
       tf_module: ``() -> tf.Module`` owning the TensorFlow resources ``encode_tf`` uses
         (vocabulary tables); the exporter attaches it so the SavedModel tracks them.
+      lookups: string outputs named after integer ones, ``output -> (int output, names)``:
+        ``output = names[int output]`` elementwise (class names of predicted class ids). They
+        are computed after the model (numpy on the host, ``tf.gather`` in the SavedModel), so
+        ``predict`` returns only the numeric outputs; list them in ``outputs`` too.
     """
 
     inputs: Mapping[str, InputSpec]
@@ -68,12 +72,45 @@ class Signature:
     encode_np: Callable[[Mapping[str, np.ndarray]], Mapping[str, np.ndarray]] | None = None
     encode_tf: Callable[[Mapping[str, Any]], Mapping[str, Any]] | None = None
     tf_module: Callable[[], Any] | None = None
+    lookups: Mapping[str, tuple[str, tuple[str, ...]]] = dataclasses.field(default_factory=dict)
 
     def __post_init__(self):
         bad = [k for k in self.inputs if not _IDENTIFIER.fullmatch(k)]
         if bad:
             raise ValueError(f"signature input names {bad} are not identifiers (letters, digits, "
                              f"'_'); TensorFlow would rename them. Use serving_name() for columns.")
+        for name, (source, names) in self.lookups.items():
+            if name not in self.outputs or source not in self.outputs or source in self.lookups:
+                raise ValueError(f"signature lookup {name!r} <- {source!r}: both must be listed "
+                                 f"in outputs {list(self.outputs)} and {source!r} must be a "
+                                 f"model output, not another lookup")
+            if not names or not all(isinstance(n, str) for n in names):
+                raise ValueError(f"signature lookup {name!r}: names must be a non-empty sequence "
+                                 f"of strings")
+
+    @property
+    def model_outputs(self) -> tuple[str, ...]:
+        """The outputs ``predict`` computes (all but the lookups)."""
+        return tuple(k for k in self.outputs if k not in self.lookups)
+
+    def lookup_np(self, outputs: Mapping[str, Any]) -> dict:
+        """Model outputs -> every output of the signature, in order (lookups added, numpy)."""
+        out = dict(outputs)
+        for name, (source, names) in self.lookups.items():
+            out[name] = np.asarray(names, dtype=str)[np.asarray(outputs[source], np.int64)]
+        return {k: out[k] for k in self.outputs}
+
+    def lookup_tf(self, outputs: Mapping[str, Any]) -> dict:
+        """The same as :meth:`lookup_np` in TensorFlow ops (inside the SavedModel)."""
+        if not self.lookups:
+            return dict(outputs)
+        import tensorflow as tf
+
+        out = dict(outputs)
+        for name, (source, names) in self.lookups.items():
+            out[name] = tf.gather(tf.constant(list(names), tf.string),
+                                  tf.cast(outputs[source], tf.int32))
+        return {k: out[k] for k in self.outputs}
 
     @property
     def model_inputs(self) -> Mapping[str, InputSpec]:
@@ -122,6 +159,13 @@ class Task:
       config: the composed config as plain data (set by :func:`mlsd_jax.tasks.build`); the
         bundle stores it so ``serving`` can rebuild the model.
       info: dataset sizes, credits, split rule and other facts for results.json.
+      reference_inputs: optional ``() -> {name: array}``: the validation split's raw serving
+        inputs, keyed as a client sends them to ``serving_default``, plus optionally the labels
+        under the key ``"label"`` (a name that is not a signature input). After the export,
+        :func:`mlsd_jax.experiment.run` scores them with the exported bundle and saves a
+        reference :class:`~mlsd_jax.monitoring.profile.Profile` of inputs, outputs and labels
+        as ``profile.json`` beside the model card (what ``experiments.monitor`` compares the
+        prediction log with). ``None``: no profile is saved.
     """
 
     name: str
@@ -145,6 +189,7 @@ class Task:
     post_fit: Callable[..., tuple[Any, Mapping[str, Any]]] | None = None
     config: Mapping[str, Any] = dataclasses.field(default_factory=dict)
     info: Mapping[str, Any] = dataclasses.field(default_factory=dict)
+    reference_inputs: Callable[[], Mapping[str, np.ndarray]] | None = None
 
     def __post_init__(self):
         if "serving_default" not in self.signatures:
@@ -191,6 +236,12 @@ def init_variables(model: nn.Module, forward, consts, inputs, rng) -> dict:
     return variables
 
 
+def training_rngs(rng) -> dict:
+    """The random streams a training ``apply`` gets: ``dropout`` and ``augment`` (on-device data
+    augmentation inside the model, :mod:`mlsd_jax.features.augment`), independent of each other."""
+    return {"dropout": rng, "augment": jax.random.fold_in(rng, 0x5EED)}
+
+
 def run_forward(model: nn.Module, forward, variables: Mapping, consts, inputs, *, train: bool,
                 rng=None) -> tuple[dict, dict]:
     """``forward`` with ``apply`` bound to ``model.apply``: returns ``(outputs, model_state)``.
@@ -200,7 +251,7 @@ def run_forward(model: nn.Module, forward, variables: Mapping, consts, inputs, *
     """
     state_cols = [c for c in variables if c != "params"]
     updated: dict = {}
-    rngs = {"dropout": rng} if (train and rng is not None) else None
+    rngs = training_rngs(rng) if (train and rng is not None) else None
 
     def apply(*args, method=None, **kwargs):
         if train and state_cols:
@@ -259,7 +310,7 @@ def run_forward_collecting(model: nn.Module, forward, variables: Mapping, consts
     updated: dict = {}
     collected: list = []
     created: list = []
-    rngs = {"dropout": rng} if rng is not None else None
+    rngs = training_rngs(rng) if rng is not None else None
 
     def apply(*args, method=None, **kwargs):
         i = len(collected)
@@ -296,7 +347,7 @@ def predict_fn(model: nn.Module, signature: Signature):
             return model.apply(variables, *args, method=method, **kwargs)
 
         out = signature.predict(apply, consts, encoded)
-        return {k: out[k] for k in signature.outputs}
+        return {k: out[k] for k in signature.model_outputs}
 
     return predict
 
