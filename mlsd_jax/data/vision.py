@@ -24,7 +24,7 @@ same stratified rule (train / valid / test); it is the smoke set of the image ta
 **Pipelines.** :func:`train_batches` is a grain pipeline over the in-memory arrays
 (``MapDataset.range`` of row indices -> ``shuffle(seed)`` -> ``repeat`` (reshuffled each
 epoch) -> ``batch`` -> one gather per batch) yielding ``{"image": uint8 [B, H, W, 1],
-"label": int32 [B]}``; :func:`eval_batches` (grain too) cuts a split into batches in order,
+"label": int32 [B]}`` (clips ``[n, T, H, W]`` give ``[B, T, H, W, 1]``); :func:`eval_batches` (grain too) cuts a split into batches in order,
 the last one padded with zero images whose ``weight`` is 0 (the other rows weigh 1). :mod:`mlsd_jax.data.vision_tfds` builds the same splits as a
 tensorflow-datasets dataset.
 
@@ -320,15 +320,18 @@ def load_digits_splits(n_valid: int = 180, n_test: int = 360, seed: int = 0) -> 
 
 # ---------------------------------------------------------------------------------- grain
 class _ArraySource:
-    """grain random-access source over in-memory images and labels (one record = one image)."""
+    """grain random-access source over in-memory images and labels (one record = one image,
+    or one clip: ``[n, T, H, W]`` / ``[n, T, H, W, 1]`` arrays hold clips of ``T`` frames)."""
 
     def __init__(self, images: np.ndarray, labels: np.ndarray):
         images = np.asarray(images, np.uint8)
-        if images.ndim == 3:
-            images = images[..., None]
-        if images.ndim != 4 or images.shape[-1] != 1:
-            raise ValueError(f"images: shape {images.shape}; expected [n, H, W] or [n, H, W, 1]")
-        labels = np.asarray(labels).astype(np.int32).reshape(-1)
+        if images.ndim == 3 or (images.ndim == 4 and images.shape[-1] != 1):
+            images = images[..., None]  # [n, H, W] images or [n, T, H, W] clips: add the channel
+        if images.ndim not in (4, 5) or images.shape[-1] != 1:
+            raise ValueError(f"images: shape {images.shape}; expected images [n, H, W] or "
+                             f"[n, H, W, 1], or clips [n, T, H, W] or [n, T, H, W, 1]")
+        labels = np.asarray(labels)  # class ids [n], or multi-hot tags [n, C] (kept as given)
+        labels = labels.astype(np.int32).reshape(-1) if labels.ndim <= 1 else labels
         if labels.shape[0] != images.shape[0]:
             raise ValueError(f"labels: {labels.shape[0]} rows; expected {images.shape[0]} (images)")
         self.images, self.labels = images, labels
@@ -348,7 +351,8 @@ class _ArraySource:
 def train_batches(images: np.ndarray, labels: np.ndarray, *, batch_size: int, seed: int,
                   start_step: int = 0, num_threads: int = 2, prefetch: int = 4
                   ) -> Iterator[dict[str, np.ndarray]]:
-    """Endless seeded stream of ``{"image": uint8 [B, H, W, 1], "label": int32 [B]}``.
+    """Endless seeded stream of ``{"image": uint8 [B, H, W, 1], "label": int32 [B]}`` (clips
+    ``[n, T, H, W]`` give ``"image": uint8 [B, T, H, W, 1]``).
 
     grain: ``MapDataset.range(n)`` -> ``shuffle(seed)`` -> ``repeat()`` (a new order each epoch)
     -> ``batch(drop_remainder=True)`` of row indices -> ``map`` (one gather per batch); batch ``s`` is the same whatever the thread count, and
@@ -370,7 +374,8 @@ def train_batches(images: np.ndarray, labels: np.ndarray, *, batch_size: int, se
 
 def eval_batches(images: np.ndarray, labels: np.ndarray, *, batch_size: int
                  ) -> Iterator[dict[str, np.ndarray]]:
-    """A split in order, in batches of exactly ``batch_size``: ``image``, ``label`` and
+    """A split in order, in batches of exactly ``batch_size``: ``image`` (images or clips, as
+    :func:`train_batches`), ``label`` and
     ``weight`` (float32, 1 for real rows); the last batch is padded with zero images, label 0
     and weight 0. A grain ``MapDataset`` of batch numbers, mapped to the padded gather."""
     import grain
@@ -383,7 +388,7 @@ def eval_batches(images: np.ndarray, labels: np.ndarray, *, batch_size: int
     def batch(s: int) -> dict[str, np.ndarray]:
         rows = np.arange(s * b, min(s * b + b, n))
         img = np.zeros((b, *src.images.shape[1:]), np.uint8)
-        lab = np.zeros((b,), np.int32)
+        lab = np.zeros((b, *src.labels.shape[1:]), src.labels.dtype)
         w = np.zeros((b,), np.float32)
         img[:rows.size], lab[:rows.size], w[:rows.size] = src.images[rows], src.labels[rows], 1.0
         return {"image": img, "label": lab, "weight": w}

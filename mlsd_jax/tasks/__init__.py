@@ -14,6 +14,8 @@ BUILDERS = {
     "spam": "mlsd_jax.tasks.spam:build_spam_task",
     "moderation": "mlsd_jax.tasks.moderation:build_moderation_task",
     "fraud": "mlsd_jax.tasks.fraud:build_fraud_task",
+    "image": "mlsd_jax.tasks.image:build_image_task",
+    "video": "mlsd_jax.tasks.video:build_video_task",
 }
 
 

@@ -54,6 +54,9 @@ class OptimConfig:
     # adamw: regex full-matched against each param's name; matching params (never embedding
     # tables) are decayed. null decays every param.
     decay_params: str | None = "kernel"
+    # exponential moving average of the weights (e.g. 0.999), used for evaluation and export;
+    # null: none. The decay ramps up as min(ema_decay, (1 + step) / (10 + step)).
+    ema_decay: float | None = None
     embedding: EmbeddingOptimConfig = dataclasses.field(default_factory=EmbeddingOptimConfig)
 
     def __post_init__(self):
@@ -78,6 +81,17 @@ class OptimConfig:
               "a value in [0, 1]")
         check(self.clip_norm is None or self.clip_norm > 0, "optim.clip_norm", self.clip_norm,
               "null or a value > 0")
+        check(self.ema_decay is None or 0 < self.ema_decay < 1, "optim.ema_decay",
+              self.ema_decay, "null or a value in (0, 1)")
+
+
+def ema_update(ema, params, decay: float, step):
+    """One step of the weights' moving average, with the warm-up ramp
+    ``min(decay, (1 + step) / (10 + step))`` (TensorFlow's ExponentialMovingAverage)."""
+    import jax.numpy as jnp
+
+    d = jnp.minimum(decay, (1.0 + step) / (10.0 + step)).astype(jnp.float32)
+    return jax.tree.map(lambda e, p: (d * e + (1 - d) * p).astype(e.dtype), ema, params)
 
 
 # ------------------------------------------------------------------------------ param groups

@@ -30,7 +30,7 @@ from mlsd_jax.tasks.base import (Task, init_variables, run_forward, run_forward_
 from mlsd_jax.training import sparse
 from mlsd_jax.training.checkpoint import (Checkpoints, abstract_with_shardings,
                                           consts_fingerprint, move_aside, state_signature)
-from mlsd_jax.training.optim import OptimConfig, make_optimizer, make_sparse_optimizer
+from mlsd_jax.training.optim import OptimConfig, ema_update, make_optimizer, make_sparse_optimizer
 from mlsd_jax.training.state import TrainState
 
 
@@ -131,8 +131,9 @@ class Trainer:
                                                        emb.initial_accumulator_value)}
         else:
             opt_state = self.tx.init(params)
+        ema = jax.tree.map(jnp.copy, params) if self.optim.ema_decay else None
         return TrainState(step=jnp.zeros((), jnp.int32), params=params, model_state=variables,
-                          opt_state=opt_state, consts=consts, tx=self.tx)
+                          opt_state=opt_state, consts=consts, tx=self.tx, ema_params=ema)
 
     def _setup_state(self) -> None:
         boxed = jax.eval_shape(self._init_fn, jax.random.key(0))
@@ -177,7 +178,7 @@ class Trainer:
                    "train/lr": self.schedule(state.step), "train/finite": finite,
                    **{f"train/{k}": v for k, v in aux.items()}}
         new_state = state.replace(step=state.step + 1, params=params, model_state=model_state,
-                                  opt_state=opt_state)
+                                  opt_state=opt_state, ema_params=self._ema(state, params))
         return new_state, metrics
 
     def _sparse_train_step(self, state: TrainState, batch, rng):
@@ -229,8 +230,13 @@ class Trainer:
                    "train/lr": self.schedule(state.step), "train/finite": finite,
                    **{f"train/{k}": v for k, v in aux.items()}}
         new_state = state.replace(step=state.step + 1, params=params, model_state=model_state,
-                                  opt_state=opt_state)
+                                  opt_state=opt_state, ema_params=self._ema(state, params))
         return new_state, metrics
+
+    def _ema(self, state: TrainState, params):
+        if state.ema_params is None:
+            return None
+        return ema_update(state.ema_params, params, self.optim.ema_decay, state.step)
 
     def _eval_step(self, variables, consts, batch):
         task = self.task
