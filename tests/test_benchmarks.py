@@ -42,8 +42,17 @@ QUICK = {
                            ["text_throughput_cpu.json", "text_throughput_cpu.md"]),
     "recsys_throughput.py": (["--quick", "--out-dir", "{out}"],
                              ["recsys_throughput_cpu.json", "recsys_throughput_cpu.md"]),
+    "image_quality.py": (["--quick", "--out", "{out}"],
+                         ["image_quality_quick.json", "image_quality_quick.md"]),
+    "vision_throughput.py": (["--quick", "--out-dir", "{out}"],
+                             ["vision_throughput_cpu.json", "vision_throughput_cpu.md"]),
     "serving.py": (["--quick", "--out-dir", "{out}"], ["serving_cpu_quick.json", "serving_cpu_quick.md"]),
     "drift_cost.py": (["--quick", "--out", "{out}"], ["drift_cost_quick.json", "drift_cost_quick.md"]),
+    "video_quality.py": (["--quick", "--out", "{out}"],
+                         ["video_quality_quick.json", "video_quality_quick.md"]),
+    "monitoring_acs.py": (["--quick", "--out", "{out}"],
+                          ["monitoring_acs_quick.json", "monitoring_acs_quick.md", "monitoring_acs_quick.png"]),
+    "changepoints.py": (["--quick", "--out", "{out}"], ["changepoints_quick.json", "changepoints_quick.md"]),
 }
 
 
