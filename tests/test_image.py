@@ -164,7 +164,8 @@ def exported(tmp_path_factory, fashion):
     from mlsd_jax.export import export_model
 
     cfg = compose_config(["+task=image", "data.reader=idx", "data.max_train=2048",
-                          "model.width_multiplier=0.5", "trainer.batch_size=64"])
+                          "model.width_multiplier=0.5", "model.blocks=[1,1,1]",
+                          "trainer.batch_size=64"])
     task = tasks.build(cfg)
     trainer = make_trainer(cfg, task, max_steps=20, eval_every=20)
     fit = trainer.fit(tmp_path_factory.mktemp("run"))

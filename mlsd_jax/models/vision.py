@@ -137,14 +137,21 @@ class ResNet(nn.Module):
 
 
 def resnet(name: str, num_classes: int, *, stem: str = "small", stem_stride: int = 1,
-           dropout: float = 0.0, dtype: str | None = None, width_multiplier: float = 1.0) -> ResNet:
+           dropout: float = 0.0, dtype: str | None = None, width_multiplier: float = 1.0,
+           blocks: Sequence[int] | None = None) -> ResNet:
     """A named ResNet (``resnet18``, ``resnet34``, ``resnet50``, ``resnet20``).
 
     ``stem_stride=2`` on the small stem halves the resolution before the first stage (4x fewer
-    FLOPs everywhere; 28x28 Fashion-MNIST then runs its first stage at 14x14)."""
+    FLOPs everywhere; 28x28 Fashion-MNIST then runs its first stage at 14x14). ``blocks``
+    overrides the number of blocks per stage (``[1, 1, 1]``: a ResNet-8 for smoke runs)."""
     if name not in RESNETS:
         raise ValueError(f"model.depth={name!r}: expected one of {sorted(RESNETS)}")
     block, sizes, widths = RESNETS[name]
+    if blocks is not None:
+        if len(blocks) != len(sizes) or min(blocks) < 1:
+            raise ValueError(f"model.blocks={list(blocks)}: expected {len(sizes)} counts >= 1 "
+                             f"(one per stage of {name})")
+        sizes = tuple(int(b) for b in blocks)
     widths = tuple(max(1, int(round(w * width_multiplier))) for w in widths)
     return ResNet(num_classes, sizes, widths, block, stem, int(stem_stride), dropout, dtype)
 
