@@ -7,13 +7,15 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
+import os
 import platform
 import resource
 import time
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Mapping, Sequence
 
 import jax
+import numpy as np
 from omegaconf import DictConfig, OmegaConf, open_dict
 
 from mlsd_jax import sharding as shd
@@ -114,6 +116,10 @@ def maybe_initialize_distributed(cfg) -> None:
 def run(cfg: DictConfig, workdir: str | Path | None = None) -> dict[str, Any]:
     """Trains, evaluates and exports; writes ``results.json`` into ``workdir``.
 
+    With an export, a task's ``reference_inputs`` become the reference profile saved beside
+    the model card (:func:`save_reference_profile`); ``results["reference_profile"]`` says what
+    was saved, or why nothing was.
+
     ``workdir`` defaults to ``cfg.workdir`` (Hydra's run directory under ``experiments.run``).
     """
     t_start = time.perf_counter()
@@ -161,6 +167,17 @@ def run(cfg: DictConfig, workdir: str | Path | None = None) -> dict[str, Any]:
                   "post_fit": post_fit,
                   "target_metric": f"{trainer_cfg.eval_split}/{task.target_metric}"})
         export_s = time.perf_counter() - t
+    profile_info: dict[str, Any] = {
+        "saved": False, "reason": "export.enabled=false" if not export_cfg.enabled
+        else "the export and its profile are written by process 0"}
+    if export_path is not None:
+        if task.reference_inputs is None:
+            profile_info = {"saved": False,
+                            "reason": f"task {task.name!r} defines no reference_inputs"}
+        else:
+            t = time.perf_counter()
+            profile_info = save_reference_profile(task, export_path)
+            profile_info["seconds"] = time.perf_counter() - t
 
     results = {
         "task": task.name,
@@ -171,6 +188,7 @@ def run(cfg: DictConfig, workdir: str | Path | None = None) -> dict[str, Any]:
         "steps_run": fit.steps_run,
         "stopped_early": fit.stopped_early,
         "post_fit": post_fit,
+        "reference_profile": profile_info,
         "timings": {"data_s": data_s, **fit.timings, "export_s": export_s,
                     "total_s": time.perf_counter() - t_start},
         "paths": {"workdir": str(workdir), "checkpoints": fit.checkpoint_dir,
@@ -188,6 +206,113 @@ def run(cfg: DictConfig, workdir: str | Path | None = None) -> dict[str, Any]:
         (workdir / "results.json").write_text(json.dumps(results, indent=2, default=str))
         print_results(results)
     return results
+
+
+PROFILE_FILE = "profile.json"
+REFERENCE_SCORES_FILE = "reference_scores.npz"
+REFERENCE_LABEL = "label"
+MAX_REFERENCE_SCORES = 50_000
+
+
+def _profile_columns(tensors: Mapping[str, np.ndarray], n: int, what: str, skipped: dict,
+                     max_width: int = 32) -> dict[str, np.ndarray]:
+    """Row columns as the prediction log's frame names them: ``(n,)`` / ``(n, 1)`` -> ``name``,
+    ``(n, k)`` with k <= ``max_width`` -> ``name[0]`` .. ``name[k-1]``; others are skipped."""
+    out = {}
+    for name, v in tensors.items():
+        v = np.asarray(v)
+        if v.ndim == 0 or v.shape[0] != n:
+            skipped[name] = f"{what} of shape {v.shape} is not one value per row"
+        elif v.ndim == 1 or (v.ndim == 2 and v.shape[1] == 1):
+            out[name] = v.reshape(n)
+        elif v.ndim == 2 and v.shape[1] <= max_width:
+            out.update({f"{name}[{i}]": v[:, i] for i in range(v.shape[1])})
+        else:
+            skipped[name] = f"{what} of shape {v.shape[1:]} per row (more than {max_width} values)"
+    return out
+
+
+def save_reference_profile(task, export_path: str | Path, *, batch_size: int = 4096,
+                           seed: int = 0) -> dict[str, Any]:
+    """Scores ``task.reference_inputs()`` with the exported bundle and writes the reference
+    profile beside the model card (``assets.extra/profile.json``).
+
+    Columns: the ``serving_default`` inputs, the numeric outputs (an output named like an
+    input becomes ``<name>_output``, as in the prediction log's frame; string outputs and
+    outputs wider than 32 values per row are skipped and listed) and the labels (``label``,
+    categorical when they take at most 20 integer values). Kinds: string inputs categorical,
+    other inputs and outputs numeric. With labels, ``reference_scores.npz`` holds the numeric
+    1-d outputs and the labels of at most 50,000 rows (a seeded sample), what
+    ``experiments.monitor`` fits its performance estimator (CBPE) on. The card gains a
+    ``reference_profile`` entry (file, schema version, rows, column roles), which is returned.
+    """
+    from mlsd_jax.export.bundle import CARD, load_bundle
+    from mlsd_jax.monitoring.profile import Profile
+
+    extra = Path(export_path) / "assets.extra"
+    bundle = load_bundle(export_path)
+    sig = bundle.signatures["serving_default"]
+    raw = dict(task.reference_inputs())
+    if REFERENCE_LABEL in sig.inputs:
+        raise ValueError(f"task {task.name!r}: reference_inputs key {REFERENCE_LABEL!r} holds "
+                         f"labels, but it is also a serving_default input")
+    y = raw.pop(REFERENCE_LABEL, None)
+    absent = sorted(set(sig.inputs) - set(raw))
+    if absent:
+        raise KeyError(f"task {task.name!r}: reference_inputs lacks serving_default inputs "
+                       f"{absent} (it has {sorted(raw)})")
+    inputs = {k: np.asarray(raw[k]) for k in sig.inputs}
+    n = len(next(iter(inputs.values())))
+    parts = []
+    for i in range(0, n, batch_size):  # the last batch padded to the same shape: one compile
+        idx = np.arange(i, i + batch_size) % n if n > batch_size else np.arange(n)
+        got = bundle.predict({k: v[idx] for k, v in inputs.items()}, "serving_default")
+        parts.append({k: np.asarray(v)[:min(batch_size, n - i)] for k, v in got.items()})
+    outputs = {k: np.concatenate([p[k] for p in parts]) for k in parts[0]} if parts else {}
+    skipped: dict[str, str] = {}
+    in_cols = _profile_columns(inputs, n, "input", skipped)
+    numeric_out = {(f"{k}_output" if k in sig.inputs else k): v for k, v in outputs.items()
+                   if np.asarray(v).dtype.kind in "biuf"}
+    skipped.update({k: "string output" for k, v in outputs.items()
+                    if np.asarray(v).dtype.kind not in "biuf"})
+    out_cols = _profile_columns(numeric_out, n, "output", skipped)
+    kinds = {k: "categorical" if np.asarray(v).dtype.kind in "OUS" else "numeric"
+             for k, v in in_cols.items()}
+    kinds.update({k: "numeric" for k in out_cols})
+    columns = {**in_cols, **out_cols}
+    label = None
+    if y is not None:
+        y = np.asarray(y)
+        if y.shape[:1] != (n,) or y.ndim != 1:
+            raise ValueError(f"task {task.name!r}: reference labels have shape {y.shape}; "
+                             f"expected ({n},)")
+        label = REFERENCE_LABEL
+        integral = y.dtype.kind in "biu" or (y.dtype.kind == "f" and np.all(np.isnan(y) | (y == np.round(y))))
+        columns[label] = y
+        kinds[label] = ("categorical" if y.dtype.kind in "OUSb" or
+                        (integral and len(np.unique(y[~np.isnan(y)] if y.dtype.kind == "f" else y)) <= 20)
+                        else "numeric")
+    profile = Profile.fit(columns, kinds, seed=seed)
+    (extra / PROFILE_FILE).write_text(profile.to_json())
+    info: dict[str, Any] = {
+        "saved": True, "file": PROFILE_FILE, "schema_version": profile.schema_version,
+        "rows": int(n), "inputs": list(in_cols), "outputs": list(out_cols), "label": label,
+        "skipped": skipped, "reference_scores": None}
+    if label is not None:
+        keep = np.arange(n)
+        if n > MAX_REFERENCE_SCORES:
+            keep = np.sort(np.random.default_rng(seed).choice(n, MAX_REFERENCE_SCORES, replace=False))
+        arrays = {k: np.asarray(v)[keep] for k, v in out_cols.items()}
+        np.savez(extra / REFERENCE_SCORES_FILE, **arrays, **{label: y[keep]})
+        info["reference_scores"] = {"file": REFERENCE_SCORES_FILE, "rows": int(len(keep)),
+                                    "columns": [*arrays, label]}
+    card_path = extra / CARD
+    card = json.loads(card_path.read_text())
+    card["reference_profile"] = {k: v for k, v in info.items() if k != "saved"}
+    tmp = card_path.with_name(card_path.name + ".tmp")
+    tmp.write_text(json.dumps(card, indent=2, default=str))
+    os.replace(tmp, card_path)
+    return info
 
 
 def check_same_structure(before, after) -> None:

@@ -1,9 +1,14 @@
 """Tabular binary classification: raw columns -> fitted feature spec -> TabularNet -> AUC & co.
 
 Default data: UCI Adult (income > 50K), split by a seeded stratified rule (the packaged copy
-merges Adult's train and test files). The feature spec (vocabularies, numeric statistics) is
-fitted on the training rows only; the exported signature takes the raw columns as a client has
-them (strings with ``?`` for missing, numbers) and runs the same encoder in TensorFlow.
+merges Adult's train and test files). ``tabular/data=acs_employment``: the US Census ACS
+employment data (Massachusetts): train and valid from the 2015 reference year, test from the
+analysis years in ``data.test_years`` (the rest of 2016-2018 is left for monitoring).
+The feature spec (vocabularies, numeric statistics) is fitted on the training rows only; the
+exported signature takes the raw columns as a client has them (strings with ``?`` for missing,
+numbers) and runs the same encoder in TensorFlow. ``reference_inputs`` hands the validation
+rows (raw, under their signature names) and labels to the reference profile saved with the
+export.
 """
 from __future__ import annotations
 
@@ -90,11 +95,62 @@ def _load(data_cfg) -> tuple[dict, np.ndarray, str]:
     return table, labels, source
 
 
+def _load_acs(data_cfg) -> tuple[dict, np.ndarray, str, dict, str]:
+    """ACS employment: 2015 rows split seeded-stratified into train / valid; test = the analysis
+    rows of ``data.test_years`` (never seen in training or model selection)."""
+    from mlsd_jax.data.acs import load_acs_employment
+
+    if data_cfg.get("path"):
+        raise ValueError(f"data.path={data_cfg['path']!r}: tabular/data=acs_employment reads the "
+                         f"packaged ACS files; use tabular/data=adult with data.path for a file")
+    ref = load_acs_employment("reference")
+    test_years = [int(y) for y in data_cfg.get("test_years") or []]
+    bad = sorted(set(test_years) - {2016, 2017, 2018})
+    if bad:
+        raise ValueError(f"data.test_years={bad}: the ACS analysis years are 2016, 2017, 2018")
+    keep = {}
+    if test_years:
+        ana = load_acs_employment("analysis")
+        keep = {k: v[np.isin(ana["year"], test_years)] for k, v in ana.items()}
+    numeric = set(data_cfg["numeric"])
+    columns = list(data_cfg["categorical"]) + list(data_cfg["numeric"])
+    missing = [c for c in columns + [data_cfg["label"]] if c not in ref]
+    if missing:
+        raise KeyError(f"data.categorical/numeric/label name {missing}; the ACS columns are "
+                       f"{sorted(ref)}")
+
+    def column(name):
+        v = np.concatenate([ref[name], keep[name]]) if keep else ref[name]
+        # SCHL arrives as code strings ('16'); numeric columns become float64 (NaN missing).
+        if name in numeric:
+            return np.asarray([np.nan if x is None else float(x) for x in v], np.float64) \
+                if v.dtype == object else v.astype(np.float64)
+        return np.asarray([None if x is None else str(x) for x in v], dtype=object)
+
+    table = {c: column(c) for c in columns}
+    y = np.concatenate([ref[data_cfg["label"]], keep[data_cfg["label"]]]) if keep \
+        else ref[data_cfg["label"]]
+    labels = tab.binary_labels(y, [str(p) for p in data_cfg["positive"]], data_cfg["label"])
+    n_ref = len(ref["id"])
+    seed, vf = int(data_cfg["seed"]), float(data_cfg["valid_fraction"])
+    parts = tab.stratified_split(labels[:n_ref], {"valid": vf}, seed)
+    parts["test"] = np.arange(n_ref, len(labels))
+    rule = (f"ACS 2015 seeded stratified by label (seed {seed}): valid {vf:.0%}, rest train; "
+            f"test = analysis years {test_years}")
+    return table, labels, "acs_employment_MA", parts, rule
+
+
 def build_tabular_task(cfg: Mapping[str, Any]) -> Task:
     data_cfg, trainer_cfg, task_cfg = cfg["data"], cfg["trainer"], cfg["task"]
-    table, labels, source = _load(data_cfg)
-    fractions = {"valid": float(data_cfg["valid_fraction"]), "test": float(data_cfg["test_fraction"])}
-    parts = tab.stratified_split(labels, fractions, int(data_cfg["seed"]))
+    if data_cfg.get("name") == "acs_employment":
+        table, labels, source, parts, split_rule = _load_acs(data_cfg)
+    else:
+        table, labels, source = _load(data_cfg)
+        fractions = {"valid": float(data_cfg["valid_fraction"]),
+                     "test": float(data_cfg["test_fraction"])}
+        parts = tab.stratified_split(labels, fractions, int(data_cfg["seed"]))
+        split_rule = (f"seeded stratified by label (seed {int(data_cfg['seed'])}): "
+                      f"valid {fractions['valid']:.0%}, test {fractions['test']:.0%}, rest train")
     spec = _feature_spec(data_cfg).fit({k: v[parts["train"]] for k, v in table.items()})
     features = spec.to_json()
     srv = serving(cfg, features)
@@ -135,10 +191,15 @@ def build_tabular_task(cfg: Mapping[str, Any]) -> Task:
     example = next(iter(evals["valid"].eval())) if "valid" in evals else next(train.train(0))
     raw_example = serving_inputs({k: v[parts["train"][:8]] for k, v in table.items()})
     info = {"dataset": source, "rows": int(len(labels)), "positive_rate": float(labels.mean()),
-            "split": f"seeded stratified by label (seed {int(data_cfg['seed'])}): "
-                     f"valid {fractions['valid']:.0%}, test {fractions['test']:.0%}, rest train",
+            "split": split_rule,
             **tab.describe_split(labels, parts),
             "fingerprint": _fingerprint(table, labels)}
+
+    def reference_inputs():
+        """The valid split's raw columns under their signature names, and its labels."""
+        rows = parts["valid"]
+        return {**serving_inputs({k: v[rows] for k, v in table.items()}), "label": labels[rows]}
+
     return Task(
         name="tabular", model=srv.model, consts=spec.consts, forward=srv.forward,
         loss_fn=loss_fn, metrics=metrics, example_weight=lambda batch: batch["weight"],
@@ -147,7 +208,7 @@ def build_tabular_task(cfg: Mapping[str, Any]) -> Task:
         serving="mlsd_jax.tasks.tabular:serving", features=features,
         serving_examples={"serving_default": raw_example},
         target_metric=target, target_mode="min" if target in ("logloss", "ece") else "max",
-        info=info)
+        info=info, reference_inputs=reference_inputs)
 
 
 def _fingerprint(table: Mapping[str, np.ndarray], labels: np.ndarray) -> str:
