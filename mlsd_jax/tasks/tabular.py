@@ -8,7 +8,9 @@ The feature spec (vocabularies, numeric statistics) is fitted on the training ro
 exported signature takes the raw columns as a client has them (strings with ``?`` for missing,
 numbers) and runs the same encoder in TensorFlow. ``reference_inputs`` hands the validation
 rows (raw, under their signature names) and labels to the reference profile saved with the
-export.
+export. ``data.feedback``: files of logged raw rows with their late 0/1 labels
+(:mod:`mlsd_jax.monitoring.feedback`, written by ``python -m experiments.retrain``), added to the
+train split only.
 """
 from __future__ import annotations
 
@@ -140,6 +142,57 @@ def _load_acs(data_cfg) -> tuple[dict, np.ndarray, str, dict, str]:
     return table, labels, "acs_employment_MA", parts, rule
 
 
+def _feedback_column(values, name: str, numeric: bool, path) -> np.ndarray:
+    if numeric:
+        try:
+            return np.asarray([np.nan if v is None else float(v) for v in values], np.float64)
+        except (TypeError, ValueError):
+            raise ValueError(f"data.feedback file {str(path)!r}: column {name!r} is numeric "
+                             f"(data.numeric) but holds non-numbers") from None
+    return np.asarray([None if v is None or (isinstance(v, float) and np.isnan(v)) else str(v)
+                       for v in values], dtype=object)
+
+
+def _add_feedback(data_cfg, table: dict, labels: np.ndarray, parts: dict):
+    """``data.feedback``: files of raw rows (columns under their names or signature input names)
+    and a 0/1 ``label`` column (:func:`mlsd_jax.monitoring.feedback.write_feedback`), appended
+    to the TRAIN split only (valid and test stay as they were)."""
+    from mlsd_jax.monitoring.feedback import read_feedback
+
+    files = data_cfg.get("feedback")
+    if isinstance(files, str):
+        files = [files]
+    numeric = set(data_cfg["numeric"])
+    added, start = [], len(labels)
+    new_cols: dict[str, list] = {c: [] for c in table}
+    new_labels = []
+    for path in files:
+        cols = read_feedback(path)
+        if "label" not in cols:
+            raise KeyError(f"data.feedback file {str(path)!r}: no 'label' column (0/1); it has "
+                           f"{sorted(cols)}")
+        for c in table:
+            name = c if c in cols else serving_name(c)
+            if name not in cols:
+                raise KeyError(f"data.feedback file {str(path)!r}: no column {c!r} (or "
+                               f"{serving_name(c)!r}); it has {sorted(cols)}")
+            new_cols[c].append(_feedback_column(cols[name], c, c in numeric, path))
+        try:
+            y = np.asarray([np.nan if v is None else float(v) for v in cols["label"]], np.float64)
+        except (TypeError, ValueError):
+            y = np.array([np.nan])
+        if not np.all(np.isin(y, (0.0, 1.0))):
+            raise ValueError(f"data.feedback file {str(path)!r}: column 'label' must hold 0/1 "
+                             f"labels (no missing values)")
+        new_labels.append(y.astype(labels.dtype))
+        added.append(int(len(y)))
+    table = {c: np.concatenate([v, *new_cols[c]]) for c, v in table.items()}
+    labels = np.concatenate([labels, *new_labels])
+    parts = {**parts, "train": np.concatenate([parts["train"], np.arange(start, len(labels))])}
+    info = {"feedback": [str(f) for f in files], "feedback_rows_added_to_train": int(sum(added))}
+    return table, labels, parts, info
+
+
 def build_tabular_task(cfg: Mapping[str, Any]) -> Task:
     data_cfg, trainer_cfg, task_cfg = cfg["data"], cfg["trainer"], cfg["task"]
     if data_cfg.get("name") == "acs_employment":
@@ -151,6 +204,9 @@ def build_tabular_task(cfg: Mapping[str, Any]) -> Task:
         parts = tab.stratified_split(labels, fractions, int(data_cfg["seed"]))
         split_rule = (f"seeded stratified by label (seed {int(data_cfg['seed'])}): "
                       f"valid {fractions['valid']:.0%}, test {fractions['test']:.0%}, rest train")
+    feedback_info = {}
+    if data_cfg.get("feedback"):
+        table, labels, parts, feedback_info = _add_feedback(data_cfg, table, labels, parts)
     spec = _feature_spec(data_cfg).fit({k: v[parts["train"]] for k, v in table.items()})
     features = spec.to_json()
     srv = serving(cfg, features)
@@ -193,7 +249,7 @@ def build_tabular_task(cfg: Mapping[str, Any]) -> Task:
     info = {"dataset": source, "rows": int(len(labels)), "positive_rate": float(labels.mean()),
             "split": split_rule,
             **tab.describe_split(labels, parts),
-            "fingerprint": _fingerprint(table, labels)}
+            "fingerprint": _fingerprint(table, labels), **feedback_info}
 
     def reference_inputs():
         """The valid split's raw columns under their signature names, and its labels."""
