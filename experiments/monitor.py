@@ -238,7 +238,7 @@ def run(cfg: MonitorConfig | DictConfig | dict, out: str | os.PathLike | None = 
     out = Path(out or cfg.out or "outputs/monitor")
     out.mkdir(parents=True, exist_ok=True)
     model, card, profile, scores = load_reference(cfg)
-    frame = records_frame(read_records(log_dir))
+    frame = records_frame(read_records(log_dir), profile)
     if cfg.prediction is not None and cfg.prediction not in frame.rows:
         raise KeyError(f"prediction={cfg.prediction!r} is not an output in the log "
                        f"(outputs: {frame.outputs}); set prediction=NAME or prediction=null")

@@ -232,19 +232,165 @@ def _profile_columns(tensors: Mapping[str, np.ndarray], n: int, what: str, skipp
     return out
 
 
+TEXT_DISTINCT_FRACTION = 0.5
+
+
+def _is_text(v: np.ndarray) -> bool:
+    return v.dtype.kind in "OUS"
+
+
+def reference_columns(inputs: Mapping[str, np.ndarray], outputs: Mapping[str, np.ndarray],
+                      labels: np.ndarray | None = None, *, task: str = "task",
+                      max_width: int = 32) -> tuple[dict, dict, dict, dict]:
+    """The profile's columns from raw inputs, outputs and labels of the same rows.
+
+    Returns ``(columns, kinds, skipped, layout)``; see :func:`save_reference_profile` for the
+    rules. ``layout``: ``{"row": "request row" | "document", "derived": {column: rule},
+    "inputs": [...], "outputs": [...]}``.
+    """
+    from mlsd_jax.monitoring.windows import list_lengths, text_lengths
+
+    inputs = {k: np.asarray(v) for k, v in inputs.items()}
+    outputs = {k: np.asarray(v) for k, v in outputs.items()}
+    n = len(next(iter(inputs.values())))
+    skipped: dict[str, str] = {}
+    derived: dict[str, str] = {}
+    kinds: dict[str, str] = {}
+    in_cols: dict[str, np.ndarray] = {}
+    # Ranking lists: a [rows, list, k] numeric input with a boolean [rows, list] mask becomes
+    # one row per unmasked document.
+    docs = [k for k, v in inputs.items() if v.ndim == 3 and v.dtype.kind in "iuf"]
+    masks = [m for m, v in inputs.items() if v.dtype.kind == "b" and v.ndim == 2 and docs
+             and v.shape == inputs[docs[0]].shape[:2]]
+    if docs and masks:
+        keep = inputs[masks[0]]
+        for k in docs:
+            x = inputs[k][keep]
+            in_cols.update({f"{k}[{j}]": x[:, j] for j in range(x.shape[1])})
+        for k, v in inputs.items():
+            if k in docs or k == masks[0]:
+                continue
+            if v.shape == keep.shape and v.dtype.kind in "biuf":
+                in_cols[k] = v[keep]
+            else:
+                skipped[k] = f"input of shape {v.shape[1:]} is not one value per document"
+        skipped[masks[0]] = "the document mask: only unmasked documents are profiled"
+        kinds.update({k: "numeric" for k in in_cols})
+        out_cols = {}
+        for k, v in outputs.items():
+            name = f"{k}_output" if k in inputs else k
+            if v.dtype.kind in "biuf" and v.shape == keep.shape:
+                out_cols[name] = v[keep].astype(np.float64)
+            else:
+                skipped[k] = f"output of shape {v.shape[1:]} is not one value per document"
+        columns = {**in_cols, **out_cols}
+        kinds.update({k: "numeric" for k in out_cols})
+        if labels is not None:
+            y = np.asarray(labels)
+            if y.shape != keep.shape:
+                raise ValueError(f"task {task!r}: reference labels have shape {y.shape}; "
+                                 f"expected the document mask's {keep.shape}")
+            columns[REFERENCE_LABEL] = y[keep]
+            kinds[REFERENCE_LABEL] = _label_kind(y[keep])
+        return columns, kinds, skipped, {"row": "document", "derived": derived,
+                                         "inputs": list(in_cols), "outputs": list(out_cols)}
+    lists = {}  # [rows, width] string lists (padded with ""): profiled by their length
+    for k, v in inputs.items():
+        if v.ndim == 0 or v.shape[0] != n:
+            skipped[k] = f"input of shape {v.shape} is not one value per row"
+        elif _is_text(v) and (v.ndim == 1 or (v.ndim == 2 and v.shape[1] == 1)):
+            x = v.reshape(n)
+            present = [s for s in x if isinstance(s, (str, bytes))]
+            distinct = len(set(present)) / max(len(present), 1)
+            if distinct > TEXT_DISTINCT_FRACTION:
+                in_cols[f"{k}.length"] = text_lengths(x)
+                kinds[f"{k}.length"] = "numeric"
+                derived[f"{k}.length"] = (f"characters of {k!r} ({distinct:.0%} of its reference "
+                                          f"values are distinct: free text or ids)")
+            else:
+                in_cols[k] = x
+                kinds[k] = "categorical"
+        elif _is_text(v) and v.ndim == 2:
+            in_cols[f"{k}.items"] = list_lengths(v)
+            kinds[f"{k}.items"] = "numeric"
+            derived[f"{k}.items"] = f"non-empty items of the list {k!r} ('' pads)"
+            lists[k] = v.shape
+        else:
+            got = _profile_columns({k: v}, n, "input", skipped, max_width)
+            in_cols.update(got)
+            kinds.update({c: "numeric" for c in got})
+    out_cols = {}
+    for k, v in outputs.items():
+        name = f"{k}_output" if k in inputs else k
+        if v.dtype.kind not in "biuf":
+            skipped[k] = "string output"
+        elif v.ndim == 2 and v.shape[1] > 1 and v.shape in lists.values():
+            skipped[k] = ("per-item output of a padded list input (one value per list item, "
+                          "not per row)")
+        else:
+            out_cols.update(_profile_columns({name: v}, n, "output", skipped, max_width))
+    kinds.update({k: "numeric" for k in out_cols})
+    columns = {**in_cols, **out_cols}
+    if labels is not None:
+        y = np.asarray(labels)
+        if y.shape[:1] != (n,) or y.ndim != 1:
+            raise ValueError(f"task {task!r}: reference labels have shape {y.shape}; "
+                             f"expected ({n},)")
+        columns[REFERENCE_LABEL] = y
+        kinds[REFERENCE_LABEL] = _label_kind(y)
+    return columns, kinds, skipped, {"row": "request row", "derived": derived,
+                                     "inputs": list(in_cols), "outputs": list(out_cols)}
+
+
+def _label_kind(y: np.ndarray) -> str:
+    """Categorical when the labels are booleans / strings or at most 20 integer values."""
+    if y.dtype.kind in "OUSb":
+        return "categorical"
+    integral = y.dtype.kind in "biu" or (y.dtype.kind == "f" and
+                                         bool(np.all(np.isnan(y) | (y == np.round(y)))))
+    values = y[~np.isnan(y)] if y.dtype.kind == "f" else y
+    return "categorical" if integral and len(np.unique(values)) <= 20 else "numeric"
+
+
 def save_reference_profile(task, export_path: str | Path, *, batch_size: int = 4096,
                            seed: int = 0) -> dict[str, Any]:
     """Scores ``task.reference_inputs()`` with the exported bundle and writes the reference
     profile beside the model card (``assets.extra/profile.json``).
 
-    Columns: the ``serving_default`` inputs, the numeric outputs (an output named like an
-    input becomes ``<name>_output``, as in the prediction log's frame; string outputs and
-    outputs wider than 32 values per row are skipped and listed) and the labels (``label``,
-    categorical when they take at most 20 integer values). Kinds: string inputs categorical,
-    other inputs and outputs numeric. With labels, ``reference_scores.npz`` holds the numeric
-    1-d outputs and the labels of at most 50,000 rows (a seeded sample), what
-    ``experiments.monitor`` fits its performance estimator (CBPE) on. The card gains a
-    ``reference_profile`` entry (file, schema version, rows, column roles), which is returned.
+    Columns (:func:`reference_columns`), one profile row per request row:
+
+    * inputs: numbers as numeric columns (``[rows, k]`` with k <= 32 as ``name[0]`` ..
+      ``name[k-1]``); a string input is categorical unless more than half of its present
+      reference values are distinct (free text such as spam or moderation messages, or ids
+      that are nearly all distinct): then it is profiled as the derived numeric column
+      ``<name>.length`` (characters per value; a missing value is missing), since as categories
+      every window would look drifted. ``mlsd_jax.monitoring.windows`` derives the same column
+      from logged strings when a profile holds it
+      (:func:`mlsd_jax.monitoring.windows.text_lengths`). A ``[rows, width]``
+      string list padded with ``""`` (id histories, candidate ids, news titles) is profiled as
+      ``<name>.items``, its non-empty items per row
+      (:func:`mlsd_jax.monitoring.windows.list_lengths`), the same on the
+      monitoring side from the logged ``name[0]`` .. ``name[width-1]`` columns;
+    * ranking lists: a numeric ``[rows, list, k]`` input with a boolean ``[rows, list]`` mask
+      (the ranking task) makes a per-document profile instead: one row per unmasked document,
+      ``features[0]`` .. ``features[k-1]``, the ``[rows, list]`` outputs (``scores``) and graded
+      labels of the same documents, masked padding dropped (the card's ``row`` is
+      ``"document"``; the prediction log's frame has one row per list, so
+      ``experiments.monitor`` does not compare these columns: check documents with
+      :func:`mlsd_jax.monitoring.drift.check` on the same flattening);
+    * outputs: the numeric ones (an output named like an input becomes ``<name>_output``, as in
+      the prediction log's frame); string outputs, outputs wider than 32 values per row and
+      per-item outputs of a padded list input (recommendation or news scores per candidate) are
+      skipped, each with its reason under ``skipped``;
+    * labels (``label``): one per row (per document for ranking), categorical when they are
+      booleans or take at most 20 integer values.
+
+    With labels, ``reference_scores.npz`` holds the numeric profiled outputs and the labels of
+    at most 50,000 profile rows (a seeded sample), what ``experiments.monitor`` fits its
+    performance estimator (CBPE) on. The card gains a ``reference_profile`` entry (file,
+    schema version, ``rows`` profiled, ``requests`` scored, ``row`` unit, column roles,
+    ``derived`` columns and their rule, ``skipped`` inputs / outputs and why), which is
+    returned.
     """
     from mlsd_jax.export.bundle import CARD, load_bundle
     from mlsd_jax.monitoring.profile import Profile
@@ -269,40 +415,26 @@ def save_reference_profile(task, export_path: str | Path, *, batch_size: int = 4
         got = bundle.predict({k: v[idx] for k, v in inputs.items()}, "serving_default")
         parts.append({k: np.asarray(v)[:min(batch_size, n - i)] for k, v in got.items()})
     outputs = {k: np.concatenate([p[k] for p in parts]) for k in parts[0]} if parts else {}
-    skipped: dict[str, str] = {}
-    in_cols = _profile_columns(inputs, n, "input", skipped)
-    numeric_out = {(f"{k}_output" if k in sig.inputs else k): v for k, v in outputs.items()
-                   if np.asarray(v).dtype.kind in "biuf"}
-    skipped.update({k: "string output" for k, v in outputs.items()
-                    if np.asarray(v).dtype.kind not in "biuf"})
-    out_cols = _profile_columns(numeric_out, n, "output", skipped)
-    kinds = {k: "categorical" if np.asarray(v).dtype.kind in "OUS" else "numeric"
-             for k, v in in_cols.items()}
-    kinds.update({k: "numeric" for k in out_cols})
-    columns = {**in_cols, **out_cols}
-    label = None
-    if y is not None:
-        y = np.asarray(y)
-        if y.shape[:1] != (n,) or y.ndim != 1:
-            raise ValueError(f"task {task.name!r}: reference labels have shape {y.shape}; "
-                             f"expected ({n},)")
-        label = REFERENCE_LABEL
-        integral = y.dtype.kind in "biu" or (y.dtype.kind == "f" and np.all(np.isnan(y) | (y == np.round(y))))
-        columns[label] = y
-        kinds[label] = ("categorical" if y.dtype.kind in "OUSb" or
-                        (integral and len(np.unique(y[~np.isnan(y)] if y.dtype.kind == "f" else y)) <= 20)
-                        else "numeric")
+    columns, kinds, skipped, layout = reference_columns(inputs, outputs, y, task=task.name)
+    in_cols, out_cols = layout["inputs"], layout["outputs"]
+    label = REFERENCE_LABEL if y is not None else None
+    if label is not None and layout["row"] == "document":
+        y = columns[label]
     profile = Profile.fit(columns, kinds, seed=seed)
     (extra / PROFILE_FILE).write_text(profile.to_json())
     info: dict[str, Any] = {
         "saved": True, "file": PROFILE_FILE, "schema_version": profile.schema_version,
-        "rows": int(n), "inputs": list(in_cols), "outputs": list(out_cols), "label": label,
-        "skipped": skipped, "reference_scores": None}
+        "rows": int(len(columns[next(iter(columns))])), "row": layout["row"],
+        "requests": int(n), "inputs": list(in_cols), "outputs": list(out_cols),
+        "derived": layout["derived"], "label": label, "skipped": skipped,
+        "reference_scores": None}
     if label is not None:
-        keep = np.arange(n)
-        if n > MAX_REFERENCE_SCORES:
-            keep = np.sort(np.random.default_rng(seed).choice(n, MAX_REFERENCE_SCORES, replace=False))
-        arrays = {k: np.asarray(v)[keep] for k, v in out_cols.items()}
+        rows = info["rows"]
+        keep = np.arange(rows)
+        if rows > MAX_REFERENCE_SCORES:
+            keep = np.sort(np.random.default_rng(seed).choice(rows, MAX_REFERENCE_SCORES,
+                                                              replace=False))
+        arrays = {k: np.asarray(columns[k])[keep] for k in out_cols}
         np.savez(extra / REFERENCE_SCORES_FILE, **arrays, **{label: y[keep]})
         info["reference_scores"] = {"file": REFERENCE_SCORES_FILE, "rows": int(len(keep)),
                                     "columns": [*arrays, label]}

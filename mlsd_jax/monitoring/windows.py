@@ -14,6 +14,12 @@ Three steps, each usable on its own:
   Rows of failed requests (``code != 200``) are not rows: they count for the error rate only.
   Records are ordered by time (stable), so the rows of several worker files interleave.
   :func:`frame_from_columns` builds a frame from column arrays directly (one row per request).
+  Derived columns (:func:`derive_columns`, applied by :func:`monitor` and by ``records_frame``
+  given the profile): where the reference profile holds ``<name>.length`` (free text) or
+  ``<name>.items`` (padded string lists; see :func:`mlsd_jax.experiment.save_reference_profile`),
+  the frame gains that input column computed the same way from the logged strings: characters
+  per value of a string input ``name`` (:func:`text_lengths`), or non-empty items per row of a
+  logged list ``name[0]`` .. ``name[k-1]`` (:func:`list_lengths`).
 * :func:`windows` cuts a frame ``by="count"`` (consecutive runs of ``size`` rows, as NannyML's
   chunks; the last one may be shorter) or ``by="time"`` (``size`` seconds from ``origin``, default
   the first request's time; windows with no requests are kept, with zero rows).  By time, a
@@ -179,8 +185,11 @@ def _assemble(parts: list[tuple[int, int, np.ndarray]], total: int) -> np.ndarra
     return out
 
 
-def records_frame(records: Sequence[Mapping[str, Any]]) -> Frame:
-    """A :class:`Frame` from prediction-log records (see the module docstring)."""
+def records_frame(records: Sequence[Mapping[str, Any]],
+                  profile: Profile | None = None) -> Frame:
+    """A :class:`Frame` from prediction-log records (see the module docstring); with
+    ``profile``, plus the derived ``<name>.length`` / ``<name>.items`` columns it holds
+    (:func:`derive_columns`)."""
     recs = sorted(records, key=lambda r: r["ts"])  # stable: ties keep file / id order
     req = {k: [] for k in ("ts", "request_id", "model", "version", "code", "latency_ms",
                            "fallback", "n_rows")}
@@ -242,7 +251,70 @@ def records_frame(records: Sequence[Mapping[str, Any]]) -> Frame:
         name = f"{k}_output" if k in rows else k
         rows[name] = _assemble(parts, total)
         outputs.append(name)
-    return Frame(requests=requests, rows=rows, inputs=inputs, outputs=outputs)
+    frame = Frame(requests=requests, rows=rows, inputs=inputs, outputs=outputs)
+    return derive_columns(frame, profile) if profile is not None else frame
+
+
+LENGTH_SUFFIX = ".length"
+ITEMS_SUFFIX = ".items"
+
+
+def text_lengths(values) -> np.ndarray:
+    """Characters per string (float; NaN where the value is missing: None, NaN, not a string)."""
+    v = np.asarray(values, dtype=object).ravel()
+    return np.asarray([float(len(x)) if isinstance(x, (str, bytes)) else np.nan for x in v],
+                      np.float64)
+
+
+def list_lengths(values) -> np.ndarray:
+    """Non-empty strings per row of a ``[rows, width]`` list padded with ``""`` (None and
+    other non-strings count as padding)."""
+    v = np.asarray(values, dtype=object)
+    if v.ndim < 2:
+        raise ValueError(f"expected a [rows, width] list, got shape {v.shape}")
+    filled = np.frompyfunc(lambda x: isinstance(x, (str, bytes)) and len(x) > 0, 1, 1)(v)
+    return np.asarray(filled, dtype=bool).sum(axis=tuple(range(1, v.ndim))).astype(np.float64)
+
+
+def derive_columns(frame: Frame, profile: Profile) -> Frame:
+    """``frame`` plus the derived input columns that ``profile`` holds and the frame lacks,
+    computed as the reference profile computed them
+    (:func:`mlsd_jax.experiment.save_reference_profile`):
+
+    * ``<name>.length``: characters per row of the logged string input ``name`` (missing stays
+      missing);
+    * ``<name>.items``: non-empty items per row of a logged string list, whose rows the frame
+      holds as ``name[0]`` .. ``name[k-1]`` (and as ``name`` for requests that sent one item per
+      row); ``""`` and the cells a shorter request did not have are padding.
+
+    A column whose source is not logged is not added (so not monitored, unless named in
+    ``features``, which then fails naming it). Returns a new frame sharing the other columns."""
+    rows, inputs = dict(frame.rows), list(frame.inputs)
+    for col in profile.columns:
+        if col in rows:
+            continue
+        if col.endswith(LENGTH_SUFFIX):
+            src = col[:-len(LENGTH_SUFFIX)]
+            if src not in frame.inputs or np.asarray(rows[src]).dtype.kind not in "OUS":
+                continue
+            rows[col] = text_lengths(rows[src])
+        elif col.endswith(ITEMS_SUFFIX):
+            src = col[:-len(ITEMS_SUFFIX)]
+            items = [src] if src in frame.inputs else []
+            j = 0
+            while f"{src}[{j}]" in rows:
+                items.append(f"{src}[{j}]")
+                j += 1
+            if not items:
+                continue
+            rows[col] = list_lengths(np.stack([np.asarray(rows[c], dtype=object) for c in items],
+                                              axis=1))
+        else:
+            continue
+        inputs.append(col)
+    if len(inputs) == len(frame.inputs):
+        return frame
+    return Frame(requests=frame.requests, rows=rows, inputs=inputs, outputs=list(frame.outputs))
 
 
 def _loads(text, rid: str, what: str) -> dict | None:
@@ -494,6 +566,7 @@ def monitor(frame: Frame, profile: Profile, *, by: str = "count", size: float = 
     :data:`mlsd_jax.monitoring.estimate.METRICS` (``"auc"`` is ``"roc_auc"``) or a callable
     ``(y_true, scores) -> float`` computed on the labelled rows (realised only).
     """
+    frame = derive_columns(frame, profile)  # <name>.length columns the profile holds
     feats = ([c for c in profile.columns if c in frame.inputs] if features is None else list(features))
     absent = [c for c in feats if c not in frame.rows]
     if absent:

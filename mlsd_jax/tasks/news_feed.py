@@ -40,6 +40,7 @@ from mlsd_jax.features.ids import IdMap, fit_id_map, pack_rows
 from mlsd_jax.metrics import streaming as ms
 from mlsd_jax.metrics.ranking import auc_metric, mind_mrr_metric, ndcg_metric
 from mlsd_jax.tasks.base import Serving, Signature, Task
+from mlsd_jax.tasks.ctr import bounded_rows
 
 INPUT_KEYS = ("history", "history_mask", "candidates", "candidate_mask")
 
@@ -394,7 +395,11 @@ def build_news_feed_task(cfg: Mapping[str, Any]) -> Task:
         example_batch=example, input_keys=INPUT_KEYS, signatures=srv.signatures,
         serving="mlsd_jax.tasks.news_feed:serving", features=features,
         serving_examples={"serving_default": serving_examples(data, arrays["valid"])},
-        target_metric=target, target_mode="max", evaluator=evaluator, info=info)
+        target_metric=target, target_mode="max", evaluator=evaluator, info=info,
+        # The valid impressions' titles as a client sends them; no labels: clicks are per
+        # candidate, not one per row.
+        reference_inputs=lambda: raw_inputs(data, arrays["valid"],
+                                            bounded_rows(np.arange(len(arrays["valid"])))))
 
 
 def raw_inputs(data: nd.MindData, split: nd.ImpressionSplit, rows) -> dict[str, np.ndarray]:

@@ -79,6 +79,24 @@ def _train_chunks(store, rows: int = 65536):
         yield np.concatenate(buf)
 
 
+MAX_REFERENCE_DOCS = 20_000
+
+
+def reference_lists(store, max_docs: int = MAX_REFERENCE_DOCS, seed: int = 0
+                    ) -> dict[str, np.ndarray]:
+    """A split's lists as a client sends them (``features [lists, L, F]``, ``mask [lists, L]``,
+    padded to the longest list taken) and their graded labels (``label [lists, L]``): every
+    list, or a seeded sample of whole lists holding at most ``max_docs`` documents (at least
+    one list), in split order."""
+    sizes = np.asarray(store.list_sizes)
+    order = np.random.default_rng(seed).permutation(len(sizes))
+    take = order[:max(1, int(np.searchsorted(np.cumsum(sizes[order]), max_docs, "right")))]
+    take = np.sort(take) if len(sizes) else take
+    width = max(1, int(sizes[take].max(initial=0)))
+    lists_ = [lists.pad_list(*store.query(int(i)), width) for i in take]
+    return {k: np.stack([x[k] for x in lists_]) for k in ("features", "mask", "label")}
+
+
 def build_ranking_task(cfg: Mapping[str, Any]) -> Task:
     import hydra  # config-time only: forward() and the metrics import without it
 
@@ -138,6 +156,9 @@ def build_ranking_task(cfg: Mapping[str, Any]) -> Task:
                      "rule (grouped: a query's documents stay together)",
             **{f"{s}_queries": len(st) for s, st in splits.items()},
             **{f"{s}_docs": int(np.sum(st.list_sizes)) for s, st in splits.items()}}
+    valid = splits.get("valid")
+    reference_inputs = (functools.partial(reference_lists, valid)
+                        if valid is not None and len(valid) else None)
     return Task(
         name="ranking", model=parts.model, consts=consts, forward=parts.forward, loss_fn=loss_fn,
         metrics=metrics,
@@ -146,4 +167,4 @@ def build_ranking_task(cfg: Mapping[str, Any]) -> Task:
         input_keys=("features", "mask"), signatures=parts.signatures,
         serving="mlsd_jax.tasks.ranking:serving", features=features,
         serving_examples={"serving_default": {k: example_batch[k] for k in ("features", "mask")}},
-        target_metric=target, target_mode="max", info=info)
+        target_metric=target, target_mode="max", info=info, reference_inputs=reference_inputs)

@@ -50,6 +50,7 @@ from mlsd_jax.errors import check
 from mlsd_jax.metrics.topk import FULL_METRICS, TopKMetrics
 from mlsd_jax.models.recsys import OOV_ID
 from mlsd_jax.tasks.base import Serving, Signature, Task
+from mlsd_jax.tasks.ctr import bounded_rows
 
 PROTOCOLS = {"full": ("full", FULL_METRICS), "loo99": ("sampled", ("hr", "ndcg", "mrr")),
              "seq": ("full", ("hit", "ndcg", "mrr"))}
@@ -539,6 +540,13 @@ def build_recommendation_task(cfg: Mapping[str, Any]) -> Task:
             "serving_fallback": {"scores": {"by_input": "item_id", "default": 0.0, "table": {
                 str(inter.item_ids[i]): float(popularity[i])
                 for i in np.argsort(-popularity, kind="stable")[:1000] if popularity[i] > 0}}}}
+    def reference_inputs():
+        """The valid users as a client sends them (the signature takes the inputs it needs):
+        id and side fields, ``history`` (their last ``history_len`` known items, ``""``
+        padding) and one candidate, the first item they went on to pick in the split, so
+        ``scores`` is that item's score. No labels: a row's one candidate is a positive."""
+        return _reference_users(splits["valid"], inter, user_cols, history_len)
+
     return Task(
         name="recommendation", model=srv.model, consts=consts, forward=srv.forward,
         loss_fn=loss, metrics={}, example_weight=lambda batch: batch["weight"],
@@ -547,7 +555,8 @@ def build_recommendation_task(cfg: Mapping[str, Any]) -> Task:
         serving="mlsd_jax.tasks.recommendation:serving", features=features,
         serving_examples=_serving_examples(srv.signatures, view, inter, seqs, user_cols,
                                            item_cols, history_len),
-        evaluator=evaluator, target_metric=target, target_mode="max", info=info)
+        evaluator=evaluator, target_metric=target, target_mode="max", info=info,
+        reference_inputs=reference_inputs)
 
 
 def _describe_protocol(protocol: str, data_cfg) -> str:
@@ -648,6 +657,19 @@ def _companions(cfg, data_cfg, names) -> dict[str, dict[str, float]]:
             split, rest = key.split("/", 1)
             out.setdefault(split, {})[rest] = value
     return out
+
+
+def _reference_users(split: _Split, inter, user_cols, history_len: int) -> dict:
+    """Raw ``serving_default`` inputs of (at most 20,000 of) a split's users; see
+    ``reference_inputs`` in :func:`build_recommendation_task`."""
+    users = split.users[bounded_rows(np.arange(len(split.users)))]
+    out = {k: np.asarray(v[users]) for k, v in user_cols.items()}
+    hist = [[str(inter.item_ids[i]) for i in split.known.of(int(u))[-history_len:]] for u in users]
+    width = max(1, max((len(h) for h in hist), default=0))
+    out["history"] = np.asarray([h + [""] * (width - len(h)) for h in hist], dtype=object)
+    first = split.positives.items[split.positives.indptr[users]]
+    out["item_id"] = np.asarray(inter.item_ids[first]).astype(str).astype(object)[:, None]
+    return {k: (v.astype(object) if v.dtype.kind in "US" else v) for k, v in out.items()}
 
 
 # ------------------------------------------------------------------------------- examples

