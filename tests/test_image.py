@@ -172,6 +172,7 @@ def exported(tmp_path_factory, fashion):
     return export_model(task, fit.state, tmp_path_factory.mktemp("export"))
 
 
+@pytest.mark.slow  # trains and exports a model (module fixture)
 def test_export_from_png_and_jpeg_bytes_matches_the_jax_pipeline(exported, fashion):
     from mlsd_jax.export import load_bundle, saved_model_predict
 
@@ -196,6 +197,7 @@ def test_export_from_png_and_jpeg_bytes_matches_the_jax_pipeline(exported, fashi
     assert np.all(np.diff(np_out["top_k_probs"], axis=1) <= 0)
 
 
+@pytest.mark.slow  # trains and exports a model (module fixture)
 def test_export_resizes_other_sizes_and_rejects_corrupt_bytes(exported, fashion):
     import tensorflow as tf
 
@@ -213,6 +215,7 @@ def test_export_resizes_other_sizes_and_rejects_corrupt_bytes(exported, fashion)
         saved_model_predict(exported, {"image_bytes": bad})
 
 
+@pytest.mark.slow  # trains and exports a model (module fixture)
 @pytest.mark.filterwarnings("ignore:Using `httpx` with `starlette.testclient`")
 def test_server_answers_class_names_and_rejects_corrupt_images(exported, fashion, tmp_path):
     import base64

@@ -34,6 +34,9 @@ from mlsd_jax.serving.store import set_labels
 from tests.test_reference_profile import acs_serving_rows
 from tests.utils import compose_config
 
+# Every test here trains or reads a served ACS model (about a minute for the module's fixture).
+pytestmark = pytest.mark.slow
+
 REPO = Path(__file__).resolve().parents[1]
 pytestmark = pytest.mark.filterwarnings("ignore:Using `httpx` with `starlette.testclient`")
 ACS_V1 = ["debug=fast", "+task=tabular", "tabular/data=acs_employment", "data.test_years=[]",
