@@ -260,7 +260,10 @@ def run(cfg: MonitorConfig | DictConfig | dict, out: str | os.PathLike | None = 
     alerts = []
     for rec in result.to_dict()["windows"]:
         alerts += [a.to_dict() for a in manager.evaluate(rec)]
-    (out / "metrics.prom").write_text(metrics_sink.render())
+    # written whole then renamed: a server scraping it (serve metrics_textfiles) never reads half
+    tmp_prom = out / ".metrics.prom.tmp"
+    tmp_prom.write_text(metrics_sink.render())
+    os.replace(tmp_prom, out / "metrics.prom")
 
     meta = {"model": card.get("task"), "model_version": card.get("version"),
             "model_path": str(model), "log_dir": str(log_dir),

@@ -279,3 +279,33 @@ def test_metrics_sink_renders_prometheus_text():
     # The default gauges leave the per-feature statistics out (one series per feature and statistic).
     mgr2.evaluate({**rec, "end": 10.0})
     assert 'name="latency.p99"' in sink2.render() and "features." not in sink2.render()
+
+
+def test_monitor_metrics_reach_the_servers_metrics_endpoint(tmp_path):
+    """The monitor's metrics.prom, listed in serve's metrics_textfiles, is appended to the body
+    the server's GET /metrics answers with (exposition(), read at each scrape); a missing file
+    is skipped."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    from mlsd_jax.serving import serve_config
+    from mlsd_jax.serving.metrics import exposition, set_textfiles
+
+    sink = MetricsSink()
+    mgr = AlertManager([AlertRule("lat", "latency.p99", ">", 100.0)], [sink])
+    prom = tmp_path / "metrics.prom"
+    cfg = serve_config({"model_name": "m", "model_base_path": str(tmp_path),
+                        "metrics_textfiles": [str(prom), str(tmp_path / "missing.prom")]})
+    assert cfg.metrics_textfiles == [str(prom), str(tmp_path / "missing.prom")]
+    set_textfiles(cfg.metrics_textfiles)  # what build_state does
+    try:
+        before = exposition()[0].decode()
+        mgr.evaluate({"index": 0, "end": 1.0, "latency": {"p99": 150.0}})
+        prom.write_text(sink.render())
+        after = exposition()[0].decode()
+    finally:
+        set_textfiles([])
+    assert "mlsd_monitor_alerts_total" not in before and "mlsd_serving" in before
+    fams = {f.name: f for f in text_string_to_metric_families(after)}
+    assert [s.value for s in fams["mlsd_monitor_alerts"].samples
+            if s.name == "mlsd_monitor_alerts_total"] == [1.0]
+    assert any(name.startswith("mlsd_serving") for name in fams)

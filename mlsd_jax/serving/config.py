@@ -124,7 +124,13 @@ class ServeConfig:
     ``review_queue``: a SQLite file (:class:`mlsd_jax.serving.review.ReviewQueue`); rows whose
     model outputs ``decision`` = 1 (review, as the moderation task exports) are added to it with
     their raw inputs, score, model, version and request id before the response is sent
-    (committed with ``log.synchronous``, as the prediction log)."""
+    (committed with ``log.synchronous``, as the prediction log).
+
+    ``metrics_textfiles``: Prometheus text files appended to every ``/metrics`` answer, read at
+    each scrape (as node_exporter's textfile collector): the ``metrics.prom`` that
+    ``python -m experiments.monitor`` writes (``mlsd_monitor_alerts_total``, the latest
+    window's ``mlsd_monitor_metric`` gauges), so monitoring alerts are scraped with the server's
+    own metrics. A missing or unreadable file is skipped (and counted)."""
 
     model_name: Optional[str] = None
     model_base_path: Optional[str] = None
@@ -146,6 +152,7 @@ class ServeConfig:
     cache: CacheConfig = dataclasses.field(default_factory=CacheConfig)
     log: LogConfig = dataclasses.field(default_factory=LogConfig)
     review_queue: Optional[str] = None
+    metrics_textfiles: list[str] = dataclasses.field(default_factory=list)
 
     def model_list(self) -> list[ModelConfig]:
         """``models`` plus the ``model_name``/``model_base_path`` model, validated."""

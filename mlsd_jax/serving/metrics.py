@@ -62,8 +62,30 @@ def metrics() -> Metrics:
     return Metrics()
 
 
+_TEXTFILES: list[str] = []
+
+
+def set_textfiles(paths) -> None:
+    """Prometheus text files to append to ``/metrics`` (``ServeConfig.metrics_textfiles``)."""
+    _TEXTFILES[:] = [str(p) for p in paths or ()]
+
+
+def _textfile_body() -> bytes:
+    parts = []
+    for path in _TEXTFILES:
+        try:
+            with open(path, "rb") as f:
+                text = f.read()
+        except OSError:
+            event("metrics_textfile_unreadable", path=path)
+            continue
+        parts.append(text if text.endswith(b"\n") or not text else text + b"\n")
+    return b"".join(parts)
+
+
 def exposition() -> tuple[bytes, str]:
-    """The ``/metrics`` body (all workers' metrics with several processes)."""
+    """The ``/metrics`` body (all workers' metrics with several processes), followed by the
+    configured text files (:func:`set_textfiles`)."""
     from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, CollectorRegistry, generate_latest
 
     metrics()
@@ -72,8 +94,8 @@ def exposition() -> tuple[bytes, str]:
 
         registry = CollectorRegistry()
         multiprocess.MultiProcessCollector(registry)
-        return generate_latest(registry), CONTENT_TYPE_LATEST
-    return generate_latest(REGISTRY), CONTENT_TYPE_LATEST
+        return generate_latest(registry) + _textfile_body(), CONTENT_TYPE_LATEST
+    return generate_latest(REGISTRY) + _textfile_body(), CONTENT_TYPE_LATEST
 
 
 class JsonFormatter(logging.Formatter):

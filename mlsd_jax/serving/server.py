@@ -76,7 +76,7 @@ from typing import Any
 
 from mlsd_jax.serving.cache import ResponseCache
 from mlsd_jax.serving.config import ServeConfig, serve_config
-from mlsd_jax.serving.metrics import configure_logging, event, metrics
+from mlsd_jax.serving.metrics import configure_logging, event, metrics, set_textfiles
 from mlsd_jax.serving.predlog import PredictionLog
 from mlsd_jax.serving.rest import RestApi
 from mlsd_jax.serving.service import Service
@@ -103,6 +103,7 @@ def build_state(cfg: ServeConfig, worker: int | str = 0) -> ServerState:
     cfg = serve_config(cfg)
     use_compilation_cache(cfg.compilation_cache)
     m = metrics()
+    set_textfiles(cfg.metrics_textfiles)
     predlog = (PredictionLog(cfg.log, worker, on_record=lambda outcome, n:
                              m.log_records.labels(outcome).inc(n)) if cfg.log.enabled else None)
     try:
