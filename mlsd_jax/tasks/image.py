@@ -260,22 +260,15 @@ def png_bytes(image: np.ndarray) -> bytes:
 
 
 # ------------------------------------------------------------------------------------ build
-def build_image_task(cfg) -> Task:
-    data_cfg, tcfg, tr = cfg["data"], cfg["task"], cfg["trainer"]
-    data = load_data(data_cfg, int(cfg.get("seed", 0)))
-    multilabel = bool(data["multilabel"])
-    names = data["class_names"]
-    train_x, train_y = data["train"]
-    image_shape = (int(train_x.shape[1]), int(train_x.shape[2]), 1)
-    consts = fit_normalisation(train_x)
-    features = {"class_names": list(names), "image_shape": list(image_shape),
-                "multilabel": multilabel, "normalisation": {k: float(v) for k, v in consts.items()}}
-    srv = serving(cfg, features)
-    top_k = int(tcfg.get("top_k", 3))
+def batches_and_loss(data: Mapping[str, Any], tcfg, tr, *, multilabel: bool = False):
+    """What the image and video tasks build alike from in-memory ``data`` splits: the loss
+    (label smoothing checked), the seeded grain training stream, whole-split evaluation
+    batches and one example batch. Returns ``(loss_fn, train_batches, eval_splits, example)``."""
     smoothing = float(tcfg.get("label_smoothing", 0.0))
     if not 0.0 <= smoothing < 1.0:
         raise ConfigError(f"task.label_smoothing={smoothing}: expected a number in [0, 1)")
     bs, ebs = int(tr["batch_size"]), int(tr["eval_batch_size"])
+    train_x, train_y = data["train"]
 
     def train_batches(seed: int, start_step: int):
         return vision.train_batches(train_x, train_y, batch_size=bs, seed=seed,
@@ -284,7 +277,29 @@ def build_image_task(cfg) -> Task:
     eval_splits = {s: functools.partial(vision.eval_batches, *data[s], batch_size=ebs)
                    for s in ("train", "valid", "test")}
     example = next(iter(vision.eval_batches(*data["valid"], batch_size=bs)))
-    example_batch = {"image": example["image"], "label": example["label"]}
+    return (functools.partial(loss_fn, multilabel=multilabel, label_smoothing=smoothing),
+            train_batches, eval_splits, {"image": example["image"], "label": example["label"]})
+
+
+def example_weight(batch):
+    """1 per real row (training batches have no ``weight``), the batch's weights otherwise."""
+    return batch.get("weight", jnp.ones(batch["label"].shape[:1], jnp.float32))
+
+
+def build_image_task(cfg) -> Task:
+    data_cfg, tcfg, tr = cfg["data"], cfg["task"], cfg["trainer"]
+    data = load_data(data_cfg, int(cfg.get("seed", 0)))
+    multilabel = bool(data["multilabel"])
+    names = data["class_names"]
+    train_x = data["train"][0]
+    image_shape = (int(train_x.shape[1]), int(train_x.shape[2]), 1)
+    consts = fit_normalisation(train_x)
+    features = {"class_names": list(names), "image_shape": list(image_shape),
+                "multilabel": multilabel, "normalisation": {k: float(v) for k, v in consts.items()}}
+    srv = serving(cfg, features)
+    top_k = int(tcfg.get("top_k", 3))
+    loss, train_batches, eval_splits, example_batch = batches_and_loss(data, tcfg, tr,
+                                                                       multilabel=multilabel)
     evaluator, metrics = None, {}
     if multilabel:
         scores = split_scorer(srv.model, srv.forward, ("image",), eval_splits, output="probs",
@@ -304,9 +319,7 @@ def build_image_task(cfg) -> Task:
                 "pixels": {"image": rows[..., None]}}
     return Task(
         name="image", model=srv.model, consts=consts, forward=srv.forward,
-        loss_fn=functools.partial(loss_fn, multilabel=multilabel, label_smoothing=smoothing),
-        metrics=metrics,
-        example_weight=lambda b: b.get("weight", jnp.ones(b["label"].shape[:1], jnp.float32)),
+        loss_fn=loss, metrics=metrics, example_weight=example_weight,
         train_batches=train_batches, eval_splits=eval_splits, example_batch=example_batch,
         input_keys=("image",), signatures=srv.signatures, serving="mlsd_jax.tasks.image:serving",
         target_metric=target, target_mode="max", features=features,

@@ -30,7 +30,6 @@ from __future__ import annotations
 import functools
 from typing import Any, Mapping
 
-import jax.numpy as jnp
 import numpy as np
 
 from mlsd_jax.data import vision
@@ -178,7 +177,7 @@ def build_video_task(cfg) -> Task:
     data_cfg, tcfg, tr = cfg["data"], cfg["task"], cfg["trainer"]
     data = load_data(data_cfg)
     names = data["class_names"]
-    train_x, train_y = data["train"]
+    train_x = data["train"][0]
     clip_shape = (*(int(d) for d in train_x.shape[1:4]), 1)
     consts = fit_normalisation(train_x)
     features = {"class_names": list(names), "clip_shape": list(clip_shape),
@@ -186,27 +185,13 @@ def build_video_task(cfg) -> Task:
                 "normalisation": {k: float(v) for k, v in consts.items()}}
     srv = serving(cfg, features)
     top_k = int(tcfg.get("top_k", 3))
-    smoothing = float(tcfg.get("label_smoothing", 0.0))
-    if not 0.0 <= smoothing < 1.0:
-        raise ConfigError(f"task.label_smoothing={smoothing}: expected a number in [0, 1)")
-    bs, ebs = int(tr["batch_size"]), int(tr["eval_batch_size"])
-
-    def train_batches(seed: int, start_step: int):
-        return vision.train_batches(train_x, train_y, batch_size=bs, seed=seed,
-                                    start_step=start_step)
-
-    eval_splits = {s: functools.partial(vision.eval_batches, *data[s], batch_size=ebs)
-                   for s in _SPLITS}
-    example = next(iter(vision.eval_batches(*data["valid"], batch_size=bs)))
+    loss, train_batches, eval_splits, example_batch = im.batches_and_loss(data, tcfg, tr)
     metrics = {"accuracy": ms.Accuracy(pred="logits"),
                f"top{top_k}_accuracy": ms.TopKAccuracy(pred="logits", k=top_k)}
     return Task(
         name="video", model=srv.model, consts=consts, forward=srv.forward,
-        loss_fn=functools.partial(im.loss_fn, multilabel=False, label_smoothing=smoothing),
-        metrics=metrics,
-        example_weight=lambda b: b.get("weight", jnp.ones(b["label"].shape[:1], jnp.float32)),
-        train_batches=train_batches, eval_splits=eval_splits,
-        example_batch={"image": example["image"], "label": example["label"]},
+        loss_fn=loss, metrics=metrics, example_weight=im.example_weight,
+        train_batches=train_batches, eval_splits=eval_splits, example_batch=example_batch,
         input_keys=("image",), signatures=srv.signatures, serving="mlsd_jax.tasks.video:serving",
         target_metric=tcfg.get("target_metric", "accuracy"), target_mode="max",
         features=features,
