@@ -46,6 +46,7 @@ import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+from _harness import cpu_model  # noqa: E402  (benchmarks/, the script's folder)
 
 from mlsd_jax.data.tcpd import TCPD_SERIES, load_tcpd  # noqa: E402
 from mlsd_jax.monitoring.changepoint import cusum, f_measure, true_positives, windowed_ks  # noqa: E402
@@ -54,16 +55,6 @@ MARGIN = 5
 REF = 30
 SETTINGS = {"cusum": dict(ref_size=REF, k=0.5, h=8.0), "ks": dict(ref_size=REF, window=30, alpha=0.001)}
 QUICK_SERIES = ("occupancy", "run_log", "uk_coal_employment")
-
-
-def _cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 def detect(values: np.ndarray, view: str) -> dict:
@@ -172,7 +163,7 @@ def main(argv=None) -> int:
         "command": "python benchmarks/changepoints.py " + " ".join(argv if argv is not None else sys.argv[1:]),
         "data": "TCPD series from the river==0.26.1 wheel (mlsd_jax.data.tcpd), 5 annotators each",
         "margin": MARGIN, "settings": SETTINGS, "series": rows, "summary": summary,
-        "host": {"cpu": _cpu_model(), "cores": os.cpu_count(), "python": platform.python_version(),
+        "host": {"cpu": cpu_model(), "cores": os.cpu_count(), "python": platform.python_version(),
                  "numpy": np.__version__},
         "load_avg_start": list(load0), "load_avg_end": list(os.getloadavg()), "wall_s": wall,
     }

@@ -50,6 +50,7 @@ import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+from _harness import cpu_model  # noqa: E402  (benchmarks/, the script's folder)
 
 from mlsd_jax.data.acs import (ACS_ANALYSIS, ACS_ANALYSIS_TARGET, ACS_FEATURES, ACS_NUMERIC,  # noqa: E402
                                ACS_REFERENCE, load_acs_employment)
@@ -121,16 +122,6 @@ perf.fit(ref)
 out["realized"] = flat(perf.calculate(ana).filter(period="analysis").to_df())
 print(json.dumps(out))
 '''
-
-
-def _cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 def bounds(n: int, size: int = CHUNK) -> list:
@@ -453,7 +444,7 @@ def main(argv=None) -> int:
             "setup": f"separate interpreter {args.nannyml_python} (subprocess; JSON exchange)"},
         "relp17": {"ref_share": ours["relp17_ref_share"], "max_chunk": relp_i,
                    "max_share": ch[relp_i]["relp17_share"], "rows": ch[relp_i]["rows"]},
-        "host": {"cpu": _cpu_model(), "cores": os.cpu_count(), "python": platform.python_version(),
+        "host": {"cpu": cpu_model(), "cores": os.cpu_count(), "python": platform.python_version(),
                  "numpy": np.__version__},
         "load_avg_start": list(load0), "load_avg_end": list(os.getloadavg()), "wall_s": wall,
     }
