@@ -16,8 +16,6 @@ Hydra run folder. Errors a user can cause print one line and exit with status 2;
 from __future__ import annotations
 
 import json
-import os
-import sys
 from pathlib import Path
 
 import hydra
@@ -25,7 +23,7 @@ from omegaconf import DictConfig
 from omegaconf.errors import OmegaConfBaseException
 
 from mlsd_jax.data.fetch import DatasetFetchError
-from mlsd_jax.errors import UserError
+from mlsd_jax.errors import UserError, exit_for_user_error
 from mlsd_jax.experiment import config_dir, typed
 from mlsd_jax.utils.xla_flags import configure_jax
 
@@ -44,11 +42,7 @@ def main(cfg: DictConfig) -> None:
     try:
         result = predict(typed(BatchPredictConfig, cfg))
     except USER_ERRORS as e:
-        if os.environ.get("HYDRA_FULL_ERROR") == "1":
-            raise
-        message = str(e.args[0]) if isinstance(e, KeyError) and e.args else str(e)
-        print(f"error: {message.strip()}", file=sys.stderr, flush=True)
-        sys.exit(2)
+        exit_for_user_error(e)
     text = json.dumps(result, indent=2)
     print(text, flush=True)
     run_dir = Path(HydraConfig.get().runtime.output_dir)

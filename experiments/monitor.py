@@ -32,7 +32,7 @@ import numpy as np
 from omegaconf import DictConfig
 from omegaconf.errors import OmegaConfBaseException
 
-from mlsd_jax.errors import UserError
+from mlsd_jax.errors import UserError, exit_for_user_error
 from mlsd_jax.experiment import config_dir, typed
 
 USER_ERRORS = (UserError, OmegaConfBaseException, FileNotFoundError, KeyError, ValueError)
@@ -292,11 +292,7 @@ def main(cfg: DictConfig) -> None:
         out = conf.out or HydraConfig.get().runtime.output_dir
         summary = run(conf, out)
     except USER_ERRORS as e:
-        if os.environ.get("HYDRA_FULL_ERROR") == "1":
-            raise
-        message = str(e.args[0]) if isinstance(e, KeyError) and e.args else str(e)
-        print(f"error: {message.strip()}", file=sys.stderr, flush=True)
-        sys.exit(2)
+        exit_for_user_error(e)
     brief = {k: summary[k] for k in ("windows", "rows", "requests", "windows_with_drift",
                                      "prediction_drift_windows", "top_features", "quality",
                                      "paths")}

@@ -41,7 +41,6 @@ import dataclasses
 import json
 import os
 import shutil
-import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -51,7 +50,7 @@ import numpy as np
 from omegaconf import DictConfig, OmegaConf, open_dict
 from omegaconf.errors import OmegaConfBaseException
 
-from mlsd_jax.errors import UserError
+from mlsd_jax.errors import UserError, exit_for_user_error
 from mlsd_jax.experiment import config_dir, typed
 
 USER_ERRORS = (UserError, OmegaConfBaseException, FileNotFoundError, KeyError, ValueError)
@@ -351,11 +350,7 @@ def main(cfg: DictConfig) -> None:
         workdir = conf.workdir or HydraConfig.get().runtime.output_dir
         decision = run(conf, workdir)
     except USER_ERRORS as e:
-        if os.environ.get("HYDRA_FULL_ERROR") == "1":
-            raise
-        message = str(e.args[0]) if isinstance(e, KeyError) and e.args else str(e)
-        print(f"error: {message.strip()}", file=sys.stderr, flush=True)
-        sys.exit(2)
+        exit_for_user_error(e)
     if decision["decision"] == "no trigger":
         print(decision["reason"], flush=True)
         return

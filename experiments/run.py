@@ -13,15 +13,13 @@ one line and exit with status 2; ``HYDRA_FULL_ERROR=1`` shows the traceback inst
 """
 from __future__ import annotations
 
-import os
-import sys
 
 import hydra
 from omegaconf import DictConfig
 from omegaconf.errors import OmegaConfBaseException
 
 from mlsd_jax.data.fetch import DatasetFetchError
-from mlsd_jax.errors import UserError
+from mlsd_jax.errors import UserError, exit_for_user_error
 from mlsd_jax.experiment import config_dir, run
 from mlsd_jax.utils.xla_flags import configure_jax
 
@@ -40,11 +38,7 @@ def main(cfg: DictConfig) -> float | None:
     try:
         return run(cfg)["objective"]["value"]
     except USER_ERRORS as e:
-        if os.environ.get("HYDRA_FULL_ERROR") == "1":
-            raise
-        message = str(e.args[0]) if isinstance(e, KeyError) and e.args else str(e)
-        print(f"error: {message.strip()}", file=sys.stderr, flush=True)
-        sys.exit(2)
+        exit_for_user_error(e)
 
 
 if __name__ == "__main__":

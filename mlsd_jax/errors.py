@@ -27,3 +27,16 @@ def check(condition: bool, key: str, value, expected: str) -> None:
     """Raises ``ConfigError("key=value: expected ...")`` unless ``condition``."""
     if not condition:
         raise ConfigError(f"{key}={value!r}: expected {expected}")
+
+
+def exit_for_user_error(error: BaseException):
+    """For command-line entry points, inside ``except``: print ``error: <message>`` on one line
+    and exit with status 2 (``HYDRA_FULL_ERROR=1`` re-raises it with its traceback instead)."""
+    import os
+    import sys
+
+    if os.environ.get("HYDRA_FULL_ERROR") == "1":
+        raise error
+    message = str(error.args[0]) if isinstance(error, KeyError) and error.args else str(error)
+    print(f"error: {message.strip()}", file=sys.stderr, flush=True)
+    sys.exit(2)
